@@ -1,0 +1,1 @@
+"""HDKD: hybrid data-efficient knowledge distillation for medical image classification."""

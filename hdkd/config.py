@@ -1,0 +1,134 @@
+"""Typed view of `params.yaml`: the single source of every knob.
+
+Unknown keys are refused and every value is checked, so a typo stops the run at once with
+the dotted key and what it accepts, instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+SourceName = Literal["synthetic", "imagefolder", "ham10000", "brain_tumor_mri", "medmnist"]
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not describe a valid run."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Strict):
+    source: SourceName = "synthetic"
+    path: str | None = None
+    image_size: int = Field(32, ge=16, le=1024)
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    on_bad_image: Literal["error", "skip"] = "error"
+    num_workers: int = Field(0, ge=0)
+    synthetic_images: int = Field(700, ge=50)
+    min_per_class: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _path_for_real_sources(self) -> DataParams:
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+
+class BalanceParams(_Strict):
+    enabled: bool = True
+    targets: Literal["auto"] | dict[str, int] = "auto"
+    k_neighbors: int = Field(5, ge=1)
+
+
+class ModelParams(_Strict):
+    preset: Literal["paper", "small", "tiny"] = "tiny"
+    block: Literal["mbcsa", "mbconv"] = "mbcsa"
+
+
+class TrainParams(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    opt: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    sched: Literal["cosine", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_lr: float = Field(2e-5, ge=0.0)
+    min_lr: float = Field(2e-5, ge=0.0)
+    bf16: bool = False
+
+
+class DistillParams(TrainParams):
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0)
+    kind: Literal["soft", "hard"] = "soft"
+    lambda_feat: float = Field(10.0, ge=0.0)
+    beta: float = 1.0
+    stages: list[Literal[1, 2, 3]] = Field(default_factory=lambda: [1, 2, 3])
+
+
+class MlflowParams(_Strict):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "hdkd"
+
+
+class Params(_Strict):
+    seed: int = 42
+    data: DataParams = DataParams()
+    balance: BalanceParams = BalanceParams()
+    model: ModelParams = ModelParams()
+    teacher: TrainParams = TrainParams(opt="adam", lr=1e-3, weight_decay=0.0, sched="none")
+    student: TrainParams = TrainParams()
+    distill: DistillParams = DistillParams()
+    mlflow: MlflowParams = MlflowParams()
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source} is not valid:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see params.yaml for the known keys)")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
+    """Read `params.yaml`, apply dotted-key overrides (`{"data.source": "medmnist"}`), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return params_from_dict(raw, source=str(path))
