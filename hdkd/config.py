@@ -73,7 +73,7 @@ class DistillParams(TrainParams):
     kind: Literal["soft", "hard"] = "soft"
     lambda_feat: float = Field(10.0, ge=0.0)
     beta: float = 1.0
-    stages: list[Literal[1, 2, 3]] = Field(default_factory=lambda: [1, 2, 3])
+    stages: list[Literal[1, 2, 3]] = [1, 2, 3]  # pydantic copies mutable defaults per instance
 
 
 class MlflowParams(_Strict):

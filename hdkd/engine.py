@@ -1,0 +1,261 @@
+"""One training loop for the teacher, the plain student and the HDKD student.
+
+An HDKD step is one teacher forward (eval mode, no grad) and one student forward and backward;
+both networks return their stage maps from the same pass that makes the logits.
+
+Reproducibility: every epoch starts by seeding python, numpy and torch from `(seed, epoch)`,
+so the shuffle, the augmentation and dropout of an epoch depend on nothing else. A run resumed
+from its last checkpoint therefore reaches the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from hdkd.config import DistillParams, TrainParams
+from hdkd.losses import HDKDLoss
+from hdkd.metrics import classification_metrics
+
+SELECTION_METRIC = "macro_f1"  # imbalanced medical classes: accuracy would reward predicting `nv`
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Callback:
+    """Hooks for tracking, pruning or early stopping; the loop never needs to know which."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Called after validation; raising here stops the run (e.g. `optuna.TrialPruned`)."""
+
+    def on_fit_end(self, result: FitResult) -> None:
+        """Called once with the finished result."""
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_score: float
+    best_path: Path
+    last_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _logits_for_prediction(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return (output[0] + output[1]) / 2 if isinstance(output, tuple) else output
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and true labels over a loader, in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    for images, targets in loader:
+        logits = _logits_for_prediction(model(images.to(device)))
+        probs.append(logits.float().softmax(dim=1).cpu())
+        labels.append(targets)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(
+    model: nn.Module, loader: DataLoader, class_names: Sequence[str], device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    probs, labels = predict_proba(model, loader, device)
+    return classification_metrics(probs, labels, class_names)
+
+
+def build_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.Optimizer, Any]:
+    """timm's optimizer and per-epoch scheduler factories (cosine with warm-up, or constant)."""
+    optimizer = create_optimizer_v2(model, opt=params.opt, lr=params.lr, weight_decay=params.weight_decay)
+    if params.sched == "none":
+        return optimizer, None
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=params.sched,
+        num_epochs=params.epochs,
+        warmup_epochs=params.warmup_epochs,
+        warmup_lr=params.warmup_lr,
+        min_lr=params.min_lr,
+    )
+    return optimizer, scheduler
+
+
+class Trainer:
+    """Trains `model` of `kind` (`teacher`, `student` or `distilled`) with checkpoints in `out_dir`.
+
+    `last.pt` (every epoch) holds model, optimizer, scheduler, epoch and history; `best.pt`
+    holds the weights of the epoch with the best validation macro-F1, never chosen on test.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        params: TrainParams,
+        out_dir: str | Path,
+        seed: int,
+        class_names: Sequence[str],
+        teacher: nn.Module | None = None,
+        callbacks: Sequence[Callback] = (),
+        meta: dict[str, Any] | None = None,
+        device: torch.device | str = "cpu",
+        progress: bool = True,
+    ):
+        if kind == "distilled":
+            if teacher is None:
+                raise ValueError("HDKD distillation needs a trained teacher")
+            if not isinstance(params, DistillParams):
+                raise TypeError("HDKD distillation needs DistillParams (alpha, temperature, ...)")
+            self.distill_loss: HDKDLoss | None = HDKDLoss(
+                params.alpha, params.temperature, params.kind, params.lambda_feat, params.beta, params.stages
+            )
+            teacher.eval().requires_grad_(False)
+        else:
+            self.distill_loss = None
+        self.model, self.kind, self.params, self.teacher = model, kind, params, teacher
+        self.out_dir = Path(out_dir)
+        self.seed, self.class_names = seed, list(class_names)
+        self.callbacks, self.meta = list(callbacks), dict(meta or {})
+        self.device, self.progress = torch.device(device), progress
+        self.optimizer, self.scheduler = build_optimizer(model, params)
+        self.best_path, self.last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
+
+    def _loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        if self.distill_loss is None:
+            logits = self.model(images)
+            return F.cross_entropy(_logits_for_prediction(logits), labels), logits, {}
+        assert self.teacher is not None
+        with torch.no_grad():
+            teacher_logits, teacher_features = self.teacher(images, return_features=True)
+        student_logits, student_features = self.model(images, return_features=True)
+        loss, parts = self.distill_loss(student_logits, student_features, teacher_logits, teacher_features, labels)
+        return loss, _logits_for_prediction(student_logits), parts
+
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimisation step; returns the detached loss, prediction logits and loss parts."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.params.bf16):
+            loss, logits, parts = self._loss(images, labels)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{self.kind}: loss became {loss.item()}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach(), parts
+
+    def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        seen = correct = 0
+        bar = tqdm(
+            loader, desc=f"{self.kind} epoch {epoch + 1}/{self.params.epochs}", leave=False, disable=not self.progress
+        )
+        for images, labels in bar:
+            images, labels = images.to(self.device), labels.to(self.device)
+            loss, logits, parts = self.step(images, labels)
+            batch = labels.numel()
+            for name, value in {"loss": loss, **parts}.items():
+                sums[name] = sums.get(name, 0) + value.float() * batch
+            seen += batch
+            correct += int((logits.argmax(1) == labels).sum())
+            bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", acc=f"{correct / seen:.3f}")
+        stats = {f"train_{name}": float(total) / seen for name, total in sums.items()}
+        stats["train_accuracy"] = correct / seen
+        return stats
+
+    def _save_last(self, epoch: int, best_epoch: int, best_score: float, history: list[dict[str, float]]) -> None:
+        save_checkpoint(
+            self.last_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                "epoch": epoch,
+                "best_epoch": best_epoch,
+                "best_score": best_score,
+                "history": history,
+                "seed": self.seed,
+                "train_params": self.params.model_dump(),
+                "meta": self.meta,
+            },
+        )
+
+    def _resume(self) -> tuple[int, int, float, list[dict[str, float]]]:
+        state = load_checkpoint(self.last_path)
+        if state.get("train_params") != self.params.model_dump() or state.get("seed") != self.seed:
+            raise CheckpointError(
+                f"{self.last_path}: written with other training settings or seed; delete it or run without resume"
+            )
+        load_model_state(self.model, state["model"], self.last_path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        return state["epoch"] + 1, state["best_epoch"], state["best_score"], state["history"]
+
+    def fit(self, train_loader: DataLoader, val_loader: DataLoader, resume: bool = False) -> FitResult:
+        self.model.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        history: list[dict[str, float]] = []
+        start, best_epoch, best_score = 0, -1, -math.inf
+        if resume and self.last_path.is_file():
+            start, best_epoch, best_score, history = self._resume()
+            print(f"{self.kind}: resuming at epoch {start + 1}/{self.params.epochs} from {self.last_path}")
+        for epoch in range(start, self.params.epochs):
+            seed_everything(self.seed * 1000 + epoch)
+            began = time.perf_counter()
+            stats = self.train_epoch(train_loader, epoch)
+            val = evaluate(self.model, val_loader, self.class_names, self.device)
+            stats.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
+            stats["lr"] = self.optimizer.param_groups[0]["lr"]
+            stats["epoch_seconds"] = time.perf_counter() - began
+            if self.scheduler is not None:
+                self.scheduler.step(epoch + 1)
+            history.append(stats)
+            score = stats[f"val_{SELECTION_METRIC}"]
+            if score > best_score:
+                best_epoch, best_score = epoch, score
+                save_checkpoint(
+                    self.best_path,
+                    {
+                        "model": self.model.state_dict(),
+                        "meta": {**self.meta, "epoch": epoch, f"val_{SELECTION_METRIC}": score},
+                    },
+                )
+            self._save_last(epoch, best_epoch, best_score, history)
+            if self.progress:
+                tqdm.write(
+                    f"{self.kind} epoch {epoch + 1}/{self.params.epochs}: loss {stats['train_loss']:.3f} "
+                    f"acc {stats['train_accuracy']:.3f} | val acc {stats['val_accuracy']:.3f} "
+                    f"macro-F1 {score:.3f} | {stats['epoch_seconds']:.1f}s"
+                )
+            for callback in self.callbacks:
+                callback.on_epoch_end(epoch, stats)
+        result = FitResult(best_epoch, best_score, self.best_path, self.last_path, history)
+        for callback in self.callbacks:
+            callback.on_fit_end(result)
+        return result
