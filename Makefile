@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands run `python` from PATH: the venv comes first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup test lint run clean
+.PHONY: setup test lint run serve clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,14 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest
+
+run: setup
+	$(BIN)/dvc repro
+	$(BIN)/hdkd summary
+
+# A local Prefect server on 127.0.0.1 plus the served deployment hdkd/full (Ctrl-C stops both).
+serve: setup
+	$(BIN)/python -m flows.local
 
 lint: setup
 	$(BIN)/ruff check .

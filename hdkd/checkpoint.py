@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from hdkd.errors import HDKDError
 from hdkd.io import atomic_path
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HDKDError, ValueError):
     """A checkpoint that cannot be trusted or does not fit the model."""
 
 

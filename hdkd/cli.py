@@ -69,3 +69,53 @@ def train(
         f"{kind}: best validation macro-F1 {result.best_score:.4f} at epoch {result.best_epoch + 1} "
         f"-> {result.best_path}"
     )
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="registered model, e.g. hdkd-student")],
+    version: Annotated[int, typer.Argument(help="the version to make champion")],
+    params: Annotated[Path, typer.Option(help="params file (for the tracking URI)")] = Path("params.yaml"),
+) -> None:
+    """Give VERSION of NAME the alias `champion` (what the MLflow UI does)."""
+    from hdkd.config import load_params
+    from hdkd.registry import promote as promote_version
+
+    promote_version(load_params(params), name, version)
+    console.print(f"{name} version {version} is now @champion")
+
+
+def main() -> None:
+    """Console entry: user errors end with one line on stderr and exit status 1."""
+    from hdkd.errors import HDKDError
+
+    try:
+        app()
+    except HDKDError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        raise SystemExit(1) from None
+
+
+@app.command()
+def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path("reports")) -> None:
+    """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
+    import json
+
+    evaluation = reports / "metrics" / "evaluate.json"
+    if evaluation.is_file():
+        rows = json.loads(evaluation.read_text())
+        keys = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece"]
+        table = Table(title="Test split (touched once, by the evaluate stage)")
+        table.add_column("model")
+        for key in keys:
+            table.add_column(key, justify="right")
+        for model, metrics in rows.items():
+            table.add_row(model, *(f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else "-" for k in keys))
+        console.print(table)
+    registry = reports / "registry.json"
+    if registry.is_file():
+        for name, entry in json.loads(registry.read_text()).items():
+            console.print(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])})")
+    console.print(f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/plots/")
+    console.print("compare runs: .venv/bin/dvc metrics show, .venv/bin/dvc plots show, .venv/bin/dvc exp show")
+    console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1")

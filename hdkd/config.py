@@ -12,12 +12,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hdkd.errors import HDKDError
+from hdkd.io import atomic_path
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 SourceName = Literal["synthetic", "imagefolder", "ham10000", "brain_tumor_mri", "medmnist"]
 
 
-class ConfigError(ValueError):
+class ConfigError(HDKDError, ValueError):
     """A params file or override that does not describe a valid run."""
 
 
@@ -76,6 +79,47 @@ class DistillParams(TrainParams):
     stages: list[Literal[1, 2, 3]] = [1, 2, 3]  # pydantic copies mutable defaults per instance
 
 
+class FloatRange(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"need 0 < low < high for a log range, low < high otherwise (got {self.low}, {self.high})")
+        return self
+
+
+class Choice(_Strict):
+    choices: list[Any] = Field(min_length=1)
+
+
+class TuneParams(_Strict):
+    enabled: bool = True
+    storage: str = "sqlite:///optuna.db"
+    study_name: str = "hdkd-distill"
+    n_trials: int = Field(8, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    epochs: int = Field(3, ge=1)
+    workers: int = Field(1, ge=1)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    space: dict[str, FloatRange | Choice] = Field(default_factory=dict)
+
+
+class CompileParams(_Strict):
+    targets: list[Literal["tensorrt", "onnx", "torch_export"]] = ["onnx", "torch_export", "tensorrt"]
+    max_batch: int = Field(64, ge=1)
+    parity_max_abs_diff: float = Field(1e-3, gt=0)
+    parity_max_abs_diff_fp16: float = Field(5e-2, gt=0)
+    parity_min_agreement_fp16: float = Field(0.99, gt=0, le=1)
+    latency_repeats: int = Field(30, ge=3)
+
+
+class DistributedParams(_Strict):
+    nproc: int = Field(1, ge=1)
+
+
 class MlflowParams(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "hdkd"
@@ -89,6 +133,9 @@ class Params(_Strict):
     teacher: TrainParams = TrainParams(opt="adam", lr=1e-3, weight_decay=0.0, sched="none")
     student: TrainParams = TrainParams()
     distill: DistillParams = DistillParams()
+    tune: TuneParams = TuneParams()
+    compile: CompileParams = CompileParams()
+    distributed: DistributedParams = DistributedParams()
     mlflow: MlflowParams = MlflowParams()
 
 
@@ -132,3 +179,19 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return params_from_dict(raw, source=str(path))
+
+
+def save_overrides(path: str | Path, overrides: dict[str, Any]) -> Params:
+    """Validate dotted-key overrides, then write them into the params file keeping its comments
+    (what `dvc exp run -S` does), so DVC sees exactly the values a run used."""
+    from ruamel.yaml import YAML
+
+    params = load_params(path, overrides)
+    yaml_rt = YAML()
+    path = Path(path)
+    tree = yaml_rt.load(path.read_text())
+    for dotted, value in overrides.items():
+        _set_dotted(tree, dotted, value)
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        yaml_rt.dump(tree, handle)
+    return params

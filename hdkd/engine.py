@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from hdkd.config import DistillParams, TrainParams
+from hdkd.distributed import SINGLE, World, all_reduce_sum
 from hdkd.losses import HDKDLoss
 from hdkd.metrics import classification_metrics
 
@@ -57,6 +59,7 @@ class FitResult:
     best_score: float
     best_path: Path
     last_path: Path
+    net: nn.Module  # the trained network with its final-epoch weights (best ones are in best_path)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -121,6 +124,7 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        world: World = SINGLE,
     ):
         if kind == "distilled":
             if teacher is None:
@@ -133,11 +137,19 @@ class Trainer:
             teacher.eval().requires_grad_(False)
         else:
             self.distill_loss = None
-        self.model, self.kind, self.params, self.teacher = model, kind, params, teacher
+        self.kind, self.params, self.teacher, self.world = kind, params, teacher, world
+        self.device = torch.device(device)
+        # `net` is the network itself (saved, evaluated); `model` is what trains: DDP-wrapped when distributed.
+        self.net: nn.Module = model.to(self.device)
+        self.model: nn.Module = model
+        if world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids)
         self.out_dir = Path(out_dir)
         self.seed, self.class_names = seed, list(class_names)
-        self.callbacks, self.meta = list(callbacks), dict(meta or {})
-        self.device, self.progress = torch.device(device), progress
+        # Only one process tracks and writes; the others train their shard.
+        self.callbacks, self.meta = (list(callbacks) if world.is_main else []), dict(meta or {})
+        self.progress = progress and world.is_main
         self.optimizer, self.scheduler = build_optimizer(model, params)
         self.best_path, self.last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
 
@@ -183,15 +195,19 @@ class Trainer:
             seen += batch
             correct += int((logits.argmax(1) == labels).sum())
             bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", acc=f"{correct / seen:.3f}")
-        stats = {f"train_{name}": float(total) / seen for name, total in sums.items()}
-        stats["train_accuracy"] = correct / seen
+        names = sorted(sums)
+        counts = torch.tensor([float(seen), float(correct)], device=self.device)
+        totals = all_reduce_sum(torch.cat([torch.stack([sums[n].float() for n in names]), counts])).tolist()
+        seen_all, correct_all = totals[-2], totals[-1]
+        stats = {f"train_{name}": total / seen_all for name, total in zip(names, totals, strict=False)}
+        stats["train_accuracy"] = correct_all / seen_all
         return stats
 
     def _save_last(self, epoch: int, best_epoch: int, best_score: float, history: list[dict[str, float]]) -> None:
         save_checkpoint(
             self.last_path,
             {
-                "model": self.model.state_dict(),
+                "model": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
                 "epoch": epoch,
@@ -210,14 +226,13 @@ class Trainer:
             raise CheckpointError(
                 f"{self.last_path}: written with other training settings or seed; delete it or run without resume"
             )
-        load_model_state(self.model, state["model"], self.last_path)
+        load_model_state(self.net, state["model"], self.last_path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         return state["epoch"] + 1, state["best_epoch"], state["best_score"], state["history"]
 
     def fit(self, train_loader: DataLoader, val_loader: DataLoader, resume: bool = False) -> FitResult:
-        self.model.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
         history: list[dict[str, float]] = []
@@ -226,10 +241,13 @@ class Trainer:
             start, best_epoch, best_score, history = self._resume()
             print(f"{self.kind}: resuming at epoch {start + 1}/{self.params.epochs} from {self.last_path}")
         for epoch in range(start, self.params.epochs):
-            seed_everything(self.seed * 1000 + epoch)
+            # Ranks differ in augmentation; DistributedSampler shards the shuffled epoch.
+            seed_everything(self.seed * 1000 + epoch + 7919 * self.world.rank)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
             began = time.perf_counter()
             stats = self.train_epoch(train_loader, epoch)
-            val = evaluate(self.model, val_loader, self.class_names, self.device)
+            val = evaluate(self.net, val_loader, self.class_names, self.device)
             stats.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
             stats["lr"] = self.optimizer.param_groups[0]["lr"]
             stats["epoch_seconds"] = time.perf_counter() - began
@@ -239,14 +257,11 @@ class Trainer:
             score = stats[f"val_{SELECTION_METRIC}"]
             if score > best_score:
                 best_epoch, best_score = epoch, score
-                save_checkpoint(
-                    self.best_path,
-                    {
-                        "model": self.model.state_dict(),
-                        "meta": {**self.meta, "epoch": epoch, f"val_{SELECTION_METRIC}": score},
-                    },
-                )
-            self._save_last(epoch, best_epoch, best_score, history)
+                if self.world.is_main:
+                    meta = {**self.meta, "epoch": epoch, f"val_{SELECTION_METRIC}": score}
+                    save_checkpoint(self.best_path, {"model": self.net.state_dict(), "meta": meta})
+            if self.world.is_main:
+                self._save_last(epoch, best_epoch, best_score, history)
             if self.progress:
                 tqdm.write(
                     f"{self.kind} epoch {epoch + 1}/{self.params.epochs}: loss {stats['train_loss']:.3f} "
@@ -255,7 +270,7 @@ class Trainer:
                 )
             for callback in self.callbacks:
                 callback.on_epoch_end(epoch, stats)
-        result = FitResult(best_epoch, best_score, self.best_path, self.last_path, history)
+        result = FitResult(best_epoch, best_score, self.best_path, self.last_path, self.net, history)
         for callback in self.callbacks:
             callback.on_fit_end(result)
         return result

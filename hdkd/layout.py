@@ -1,0 +1,45 @@
+"""Where each stage reads and writes, relative to the repository root (DVC's working tree)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "data" / "split"
+
+    @property
+    def balanced(self) -> Path:
+        return self.root / "data" / "balanced"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics"
+
+    def checkpoint(self, kind: str) -> Path:
+        return self.models / kind / "best.pt"
+
+    def logged_model(self, kind: str) -> Path:
+        """The MLflow run and logged-model ids of a trained network, read by `register`."""
+        return self.models / kind / "mlflow.json"
+
+
+REPO = Layout()

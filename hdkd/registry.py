@@ -1,0 +1,77 @@
+"""MLflow model registry: register trained networks, alias new versions, promote a champion.
+
+Every new version gets the alias `challenger`; `champion` is given automatically only to the
+first version of a model. After that a person promotes, in the MLflow UI (set the alias
+`champion` on a version) or with `hdkd promote NAME VERSION`. Compile, predict and serve load
+`models:/<name>@champion`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from hdkd.config import Params
+from hdkd.errors import HDKDError
+from hdkd.io import write_json
+from hdkd.layout import REPO, Layout
+from hdkd.tracking import setup_tracking
+
+REGISTERED_NAMES = {"teacher": "hdkd-teacher", "distilled": "hdkd-student", "student": "hdkd-student-baseline"}
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class RegistryError(HDKDError, RuntimeError):
+    """A model or version that the registry does not hold."""
+
+
+def has_alias(client: MlflowClient, name: str, alias: str) -> bool:
+    try:
+        client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return False
+    return True
+
+
+def register_version(client: MlflowClient, name: str, model_uri: str, tags: dict[str, str]) -> dict[str, Any]:
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    if not has_alias(client, name, CHAMPION):
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    aliases = client.get_model_version(name, version.version).aliases
+    return {"version": int(version.version), "aliases": sorted(aliases), "source": model_uri}
+
+
+def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
+    """Register the teacher, the HDKD student and the plain student from their training runs."""
+    setup_tracking(params)
+    client = MlflowClient()
+    registered: dict[str, Any] = {}
+    for kind, name in REGISTERED_NAMES.items():
+        logged = json.loads(layout.logged_model(kind).read_text())
+        metrics = json.loads((layout.metrics / f"{kind}.json").read_text())
+        tags = {
+            "kind": kind,
+            "preset": params.model.preset,
+            "run_id": logged["run_id"],
+            "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
+        }
+        registered[name] = register_version(client, name, logged["model_uri"], tags)
+        print(f"registered {name} version {registered[name]['version']} ({', '.join(registered[name]['aliases'])})")
+    write_json(layout.reports / "registry.json", registered)
+    return registered
+
+
+def promote(params: Params, name: str, version: int) -> None:
+    """Move the `champion` alias to `version`, as the MLflow UI does."""
+    setup_tracking(params)
+    client = MlflowClient()
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"model {name!r} has no version {version} in {mlflow.get_tracking_uri()}") from None
+    client.set_registered_model_alias(name, CHAMPION, str(version))
