@@ -1,0 +1,122 @@
+"""Training-side API: split caches -> transforms -> DataLoader; the synthetic generator; stage entries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hdkd.data import DataError
+from hdkd.data.arrays import SplitArrays, save_split
+from hdkd.data.loading import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ArrayDataset,
+    eval_transform,
+    load_split,
+    make_loader,
+    train_transform,
+)
+from hdkd.data.synthetic import HAM_CLASSES, class_counts, generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def arrays() -> SplitArrays:
+    rng = np.random.default_rng(0)
+    return SplitArrays(rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8), np.arange(10) % 3, ["a", "b", "c"])
+
+
+def test_load_split_roundtrip(tmp_path, arrays):
+    save_split(tmp_path / "x.npz", arrays.images, arrays.labels, arrays.classes, np.array([str(i) for i in range(10)]))
+    loaded = load_split(tmp_path / "x.npz")
+    assert np.array_equal(loaded.images, arrays.images) and loaded.labels.dtype == np.int64
+    assert loaded.classes == ["a", "b", "c"] and len(loaded) == 10
+    with pytest.raises(DataError, match=r"nope.npz: not found"):
+        load_split(tmp_path / "nope.npz")
+
+
+def test_eval_transform_is_resize_and_imagenet_normalisation(arrays):
+    image = torch.from_numpy(arrays.images[0]).permute(2, 0, 1)
+    out = eval_transform(16)(image)
+    manual = (image.float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[
+        :, None, None
+    ]
+    assert out.dtype == torch.float32 and torch.allclose(out, manual, atol=1e-6)
+    assert eval_transform(32)(image).shape == (3, 32, 32)
+
+
+def test_train_transform_augments(arrays):
+    torch.manual_seed(0)
+    image = torch.from_numpy(arrays.images[0]).permute(2, 0, 1)
+    transform = train_transform(24)
+    outs = [transform(image) for _ in range(3)]
+    assert all(o.shape == (3, 24, 24) and o.dtype == torch.float32 for o in outs)
+    assert not torch.allclose(outs[0], outs[1])
+    names = [type(t).__name__ for t in transform.transforms]
+    assert names == [
+        "Resize", "RandomRotation", "RandomHorizontalFlip", "RandomVerticalFlip", "ColorJitter",
+        "RandomAdjustSharpness", "GaussianBlur", "ToDtype", "Normalize",
+    ]  # fmt: skip
+
+
+def test_dataset_and_loader(arrays):
+    x, y = ArrayDataset(arrays, eval_transform(16))[4]
+    assert type(x) is torch.Tensor and x.shape == (3, 16, 16) and y == 1 and isinstance(y, int)
+
+    generator = torch.Generator()
+
+    def order() -> list[int]:
+        generator.manual_seed(5)
+        loader = make_loader(arrays, train=True, image_size=16, batch_size=4, generator=generator)
+        return [int(v) for _, labels in loader for v in labels]
+
+    first = order()
+    assert len(first) == 10 and first == order()  # every sample (drop_last False), seeded order
+    loader = make_loader(arrays, train=False, image_size=16, batch_size=4)
+    assert [int(v) for _, labels in loader for v in labels] == arrays.labels.tolist()
+    sampler = list(range(9, -1, -1))
+    loader = make_loader(arrays, train=True, image_size=16, batch_size=5, sampler=sampler)
+    assert [int(v) for _, labels in loader for v in labels] == arrays.labels[::-1].tolist()
+
+
+def test_synthetic_is_deterministic_and_ham_like():
+    a, b = generate(120, 16, seed=1), generate(120, 16, seed=1)
+    assert np.array_equal(a.images, b.images) and a.labels == b.labels and a.groups == b.groups
+    assert not np.array_equal(a.images, generate(120, 16, seed=2).images)
+    counts = class_counts(700)
+    assert sum(counts.values()) == 700 and list(counts) == list(HAM_CLASSES)
+    assert 0.6 < counts["nv"] / 700 < 0.72 and counts["df"] >= 8 and counts["vasc"] >= 8
+    assert [a.labels.count(c) for c in HAM_CLASSES] == list(class_counts(120).values())
+    # Some lesions have several views; views of one lesion share a label but not their pixels.
+    views = {}
+    for i, group in enumerate(a.groups):
+        views.setdefault(group, []).append(i)
+    shared = [ix for ix in views.values() if len(ix) > 1]
+    assert shared and all(len({a.labels[i] for i in ix}) == 1 for ix in shared)
+    assert not np.array_equal(a.images[shared[0][0]], a.images[shared[0][1]])
+
+
+def test_synthetic_classes_differ_in_colour():
+    data = generate(700, 16, seed=0)
+    labels = np.array(data.labels)
+    centre = data.images[:, 5:11, 5:11].reshape(700, -1, 3).mean(1)
+    red_minus_green = {c: float((centre[labels == c, 0] - centre[labels == c, 1]).mean()) for c in HAM_CLASSES}
+    assert red_minus_green["vasc"] > red_minus_green["nv"] + 15  # red lacunae vs brown nevus
+
+
+def test_stage_entry_prints_one_clear_error(tmp_path):
+    (tmp_path / "params.yaml").write_text(f"data:\n  source: imagefolder\n  path: {tmp_path / 'missing'}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.ingest"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {tmp_path / 'missing'}: not found (data.path for data.source 'imagefolder')"
+    assert not (tmp_path / "data" / "raw").exists()
