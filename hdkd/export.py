@@ -1,0 +1,546 @@
+"""The `compile` stage: the HDKD student as deployable artifacts, checked against eager PyTorch and timed.
+
+Targets (`compile.targets`):
+  onnx          `student.onnx`, dynamo exporter, dynamic batch, run by ONNX Runtime (full graph optimisation)
+  torch_export  `student.pt2`, a `torch.export` program (`torch.export.load(...).module()`)
+  aoti          `student_aoti.pt2`, an AOTInductor package; a C++ build of about a minute even for the
+                tiny preset, so it is a target of its own rather than part of `torch_export`
+  tensorrt      `student_trt_fp32.ep` / `student_trt_fp16.ep` (torch-tensorrt); needs a CUDA GPU and
+                torch-tensorrt, elsewhere recorded as skipped with the reason, never as built
+
+Every artifact is reloaded from disk and compared with eager PyTorch on the validation split (max
+absolute logit difference, top-1 agreement); one failed comparison fails the stage and leaves the
+previous `models/compiled/` in place. Latency (median, p90) at batch 1 and 16 goes to
+`reports/metrics/compile.json`; `models/compiled/manifest.json` describes the artifacts for `hdkd predict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hdkd.config import CompileParams, Params
+from hdkd.errors import HDKDError
+from hdkd.io import atomic_dir, sha256_file, write_json
+from hdkd.layout import REPO, Layout
+
+TARGETS = ("onnx", "torch_export", "aoti", "tensorrt")
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MANIFEST = "manifest.json"
+FILES = {
+    "onnx": "student.onnx",
+    "torch_export": "student.pt2",
+    "aoti": "student_aoti.pt2",
+    "tensorrt_fp32": "student_trt_fp32.ep",
+    "tensorrt_fp16": "student_trt_fp16.ep",
+}
+LATENCY_BATCHES = (1, 16)
+LATENCY_WARMUP = 3
+
+
+class CompileError(HDKDError, RuntimeError):
+    """An artifact that cannot be built or loaded, or input the stage cannot use."""
+
+
+class ParityError(CompileError):
+    """A compiled artifact whose outputs disagree with eager PyTorch beyond the thresholds."""
+
+
+class TargetUnavailable(Exception):
+    """A target this machine cannot build (no GPU, no torch-tensorrt, no C++ compiler): recorded as skipped."""
+
+
+def cpu_name() -> str:
+    """The CPU model and torch's vector ISA: latency figures mean little without them."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 NHWC images -> float32 NCHW model input: the training eval transform (resize, ImageNet norm)."""
+    from hdkd.data.loading import eval_transform
+
+    transform = eval_transform(image_size)
+    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if len(chw) == 0:
+        return np.zeros((0, 3, image_size, image_size), dtype=np.float32)
+    return torch.stack([transform(image) for image in chw]).numpy().astype(np.float32, copy=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------------------------- runners
+
+
+class Runner:
+    """Logits of a float32 NCHW batch through one backend; batches above `max_batch` go in chunks."""
+
+    def __init__(self, name: str, max_batch: int, device: str = "cpu"):
+        self.name, self.max_batch, self.device = name, max_batch, device
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One call of the backend; `len(x)` is within 1..max_batch."""
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        chunks = [self.run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+class TorchRunner(Runner):
+    """Any tensor -> tensor callable: an eager module, an exported program's module, an AOTI or TensorRT runner."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        max_batch: int,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(name, max_batch, device)
+        self.fn, self.dtype = fn, dtype
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.fn(torch.from_numpy(x).to(self.device, self.dtype))
+        return out.float().cpu().numpy()
+
+
+class OnnxRunner(Runner):
+    def __init__(self, name: str, path: str | Path, max_batch: int, threads: int | None = None):
+        super().__init__(name, max_batch)
+        self.session = onnx_session(path, threads)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """ONNX Runtime on the CPU with every graph optimisation (conv+BN folding, attention and GELU fusion)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    # No busy-waiting between calls: spinning threads steal the cores from whatever runs next (measured:
+    # eager PyTorch interleaved with a spinning session ran 3-4x slower), at no cost to ORT's own latency.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for unreadable or invalid graphs
+        raise CompileError(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
+
+
+def load_runner(folder: str | Path, name: str, manifest: Mapping[str, Any] | None = None) -> Runner:
+    """Open one artifact of a compiled folder (`onnx`, `torch_export`, `aoti`, `tensorrt_fp32`, `tensorrt_fp16`)."""
+    folder = Path(folder)
+    manifest = manifest or read_manifest(folder)
+    entry = manifest["artifacts"].get(name)
+    if entry is None:
+        raise CompileError(f"{folder}: no {name!r} artifact (built: {sorted(manifest['artifacts'])})")
+    path, max_batch = folder / entry["file"], int(manifest["input"]["max_batch"])
+    if not path.is_file():
+        raise CompileError(f"{path}: listed in {folder / MANIFEST} but missing")
+    if name == "onnx":
+        return OnnxRunner(name, path, max_batch)
+    if name == "torch_export":
+        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch)
+    if name == "aoti":
+        return TorchRunner(name, torch._inductor.aoti_load_package(str(path)), max_batch)
+    if name.startswith("tensorrt"):
+        if reason := tensorrt_unavailable():
+            raise CompileError(f"{path}: cannot run a TensorRT artifact here: {reason}")
+        import torch_tensorrt  # noqa: F401  (registers the TensorRT engine class that the program refers to)
+
+        dtype = torch.float16 if entry["precision"] == "fp16" else torch.float32
+        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch, "cuda", dtype)
+    raise CompileError(f"{folder / MANIFEST}: unknown artifact kind {name!r}")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise CompileError(f"{folder}: not a compiled model folder (no {MANIFEST}; run the compile stage)")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def _batch_dim(max_batch: int) -> dict[str, dict[int, Any]]:
+    # Keyed by the forward's argument name; min=1 keeps single images legal although we trace with 2.
+    return {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}}
+
+
+def _example(image_size: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    # Batch 2: a batch-1 example makes torch.export specialise the batch axis to 1.
+    return torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+
+
+def export_onnx(model: nn.Module, path: str | Path, image_size: int, max_batch: int) -> Path:
+    """Dynamo ONNX export with a dynamic batch axis, weights inside the file, checked by the full ONNX checker."""
+    import onnx
+
+    path = Path(path)
+    torch.onnx.export(
+        model.eval(),
+        (_example(image_size),),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=_batch_dim(max_batch),
+        external_data=False,
+        verbose=False,
+    )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise CompileError(f"{path}: the ONNX checker refused the export ({str(error).splitlines()[0]})") from None
+    return path
+
+
+def export_program(model: nn.Module, path: str | Path, image_size: int, max_batch: int) -> torch.export.ExportedProgram:
+    """A `torch.export` program of the eval-mode network (HDKD: the mean of both heads), saved to `path`."""
+    program = torch.export.export(model.eval(), (_example(image_size),), dynamic_shapes=_batch_dim(max_batch))
+    torch.export.save(program, str(path))
+    return program
+
+
+def cpp_compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def export_aoti(model: nn.Module, path: str | Path, image_size: int, max_batch: int) -> Path:
+    """AOTInductor: the exported program compiled to a C++ shared library, packaged as `.pt2`."""
+    if cpp_compiler() is None:
+        raise TargetUnavailable("no C++ compiler (g++, c++ or clang++ on PATH, or $CXX) for AOTInductor")
+    program = torch.export.export(model.eval(), (_example(image_size),), dynamic_shapes=_batch_dim(max_batch))
+    return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT cannot run here, or None. torch-tensorrt is imported only on this call."""
+    reasons = []
+    if not torch.cuda.is_available():
+        reasons.append("no CUDA GPU (torch.cuda.is_available() is False)")
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as error:  # ImportError when absent; OSError/RuntimeError when TensorRT libraries are missing
+        reasons.append(f"torch-tensorrt is not usable ({type(error).__name__}: {str(error).splitlines()[0]})")
+    return "; ".join(reasons) or None
+
+
+def compile_tensorrt(model: nn.Module, folder: Path, image_size: int, max_batch: int) -> dict[str, Path]:
+    """fp32 and fp16 TensorRT engines with a dynamic batch 1..max_batch, saved with `torch_tensorrt.save`."""
+    if reason := tensorrt_unavailable():
+        raise TargetUnavailable(reason)
+    import torch_tensorrt
+
+    built = {}
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        # Explicit typing: the network's own dtype decides the engine precision (fp16 = a half copy).
+        net = copy.deepcopy(model).to("cuda", dtype).eval()
+        example = _example(image_size, "cuda", dtype)
+        shapes = _batch_dim(max_batch)
+        program = torch.export.export(net, (example,), dynamic_shapes=shapes)
+        engine = torch_tensorrt.dynamo.compile(
+            program,
+            inputs=[
+                torch_tensorrt.Input(
+                    min_shape=(1, 3, image_size, image_size),
+                    opt_shape=(min(16, max_batch), 3, image_size, image_size),
+                    max_shape=(max_batch, 3, image_size, image_size),
+                    dtype=dtype,
+                )
+            ],
+            disable_tf32=precision == "fp32",  # TF32 matmuls alone would break the 1e-3 fp32 parity
+        )
+        path = folder / FILES[f"tensorrt_{precision}"]
+        torch_tensorrt.save(engine, str(path), arg_inputs=[example], dynamic_shapes=shapes)
+        built[f"tensorrt_{precision}"] = path
+    return built
+
+
+# ---------------------------------------------------------------------------------- parity and latency
+
+
+def parity(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Max absolute logit difference and top-1 agreement of `logits` with the eager `reference`."""
+    if reference.shape != logits.shape:
+        return {"max_abs_diff": float("inf"), "top1_agreement": 0.0}
+    return {
+        "max_abs_diff": float(np.abs(reference - logits).max(initial=0.0)),
+        "top1_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()) if len(reference) else 1.0,
+    }
+
+
+def parity_failure(name: str, stats: Mapping[str, float], max_abs_diff: float, min_agreement: float) -> str | None:
+    """A one-line reason if `stats` break the thresholds, else None."""
+    problems = []
+    if not stats["max_abs_diff"] <= max_abs_diff:  # `not <=` also catches NaN
+        problems.append(f"max |logit diff| {stats['max_abs_diff']:.3g} > {max_abs_diff:g}")
+    if stats["top1_agreement"] < min_agreement:
+        problems.append(f"top-1 agreement {stats['top1_agreement']:.2%} < {min_agreement:.2%}")
+    return f"{name}: {', '.join(problems)}" if problems else None
+
+
+def thresholds(params: CompileParams, precision: str) -> tuple[float, float]:
+    if precision == "fp16":
+        return params.parity_max_abs_diff_fp16, params.parity_min_agreement_fp16
+    return params.parity_max_abs_diff, params.parity_min_agreement
+
+
+def measure_latency(
+    runners: Mapping[str, Runner], batch: np.ndarray, repeats: int, warmup: int = LATENCY_WARMUP
+) -> dict[str, dict[str, float]]:
+    """Median and p90 milliseconds of one call per runner on `batch`.
+
+    Rounds are interleaved (a, b, c, a, b, c, ...) so that load from other processes hits every
+    backend alike: ratios stay fair on a busy machine even when absolute times do not.
+    """
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner.run(batch)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            began = time.perf_counter()
+            runner.run(batch)
+            if runner.device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(1000 * (time.perf_counter() - began))
+    return {
+        name: {"median_ms": float(np.median(values)), "p90_ms": float(np.percentile(values, 90))}
+        for name, values in times.items()
+    }
+
+
+def latency_batch(images: np.ndarray, size: int, image_size: int) -> np.ndarray:
+    """`size` preprocessed real images (repeated when the split is smaller)."""
+    reps = -(-size // len(images))
+    return np.ascontiguousarray(preprocess(np.concatenate([images[:size]] * reps)[:size], image_size))
+
+
+def split_logits(runner: Runner, images: np.ndarray, image_size: int, chunk: int = 64) -> np.ndarray:
+    """Logits for uint8 NHWC images, preprocessed a chunk at a time (a 224 px split as float32 is gigabytes)."""
+    return np.concatenate([runner(preprocess(images[i : i + chunk], image_size)) for i in range(0, len(images), chunk)])
+
+
+def latency_table(
+    runners: Mapping[str, Runner], images: np.ndarray, image_size: int, max_batch: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """`{runner: {"b1_median_ms", "b1_p90_ms", ..., "speedup_b1", ...}}`; speed-ups against eager on the same device."""
+    latency: dict[str, dict[str, float]] = {name: {} for name in runners}
+    for size in sorted({min(size, max_batch) for size in LATENCY_BATCHES}):
+        batch = latency_batch(images, size, image_size)
+        for name, times in measure_latency(runners, batch, repeats).items():
+            latency[name].update({f"b{size}_{key}": value for key, value in times.items()})
+    for name, runner in runners.items():
+        if not name.startswith("eager"):
+            base = latency["eager_cuda" if runner.device == "cuda" else "eager"]
+            for key in [key for key in base if key.endswith("_median_ms")]:
+                latency[name][f"speedup_{key.removesuffix('_median_ms')}"] = base[key] / latency[name][key]
+    return latency
+
+
+# ----------------------------------------------------------------------------------------------- stage
+
+
+@dataclass
+class Built:
+    name: str
+    target: str
+    precision: str
+    path: Path
+    build_s: float
+
+
+def _build_target(target: str, model: nn.Module, folder: Path, image_size: int, max_batch: int) -> list[Built]:
+    began = time.perf_counter()
+    if target == "onnx":
+        paths = {"onnx": export_onnx(model, folder / FILES["onnx"], image_size, max_batch)}
+    elif target == "torch_export":
+        export_program(model, folder / FILES["torch_export"], image_size, max_batch)
+        paths = {"torch_export": folder / FILES["torch_export"]}
+    elif target == "aoti":
+        paths = {"aoti": export_aoti(model, folder / FILES["aoti"], image_size, max_batch)}
+    elif target == "tensorrt":
+        paths = compile_tensorrt(model, folder, image_size, max_batch)
+    else:
+        raise CompileError(f"unknown compile target {target!r}: use one of {list(TARGETS)}")
+    seconds = (time.perf_counter() - began) / len(paths)
+    return [
+        Built(name, target, "fp16" if name.endswith("fp16") else "fp32", path, seconds) for name, path in paths.items()
+    ]
+
+
+def compile_student(
+    params: CompileParams,
+    checkpoint: str | Path,
+    val_data: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Build every target of `params.targets` from `checkpoint` into `out_dir` (atomically), check parity on
+    `val_data`, time the artifacts; returns (and writes to `metrics_path`) the flat metrics."""
+    from hdkd.data.loading import load_split
+    from hdkd.train import load_trained
+
+    checkpoint, val_data, out_dir = Path(checkpoint), Path(val_data), Path(out_dir)
+    model, meta = load_trained(checkpoint)
+    split = load_split(val_data)
+    if list(split.classes) != list(meta["classes"]):
+        raise CompileError(
+            f"{checkpoint}: trained for classes {meta['classes']}, but {val_data} has {list(split.classes)}; "
+            "retrain the student on this data (dvc repro)"
+        )
+    if len(split.images) == 0:
+        raise CompileError(f"{val_data}: the validation split is empty; parity needs images")
+    image_size, max_batch, images = int(meta["img_size"]), params.max_batch, split.images
+    eager = TorchRunner("eager", model, max_batch)
+    reference = split_logits(eager, images, image_size)
+    log(
+        f"compile: {meta['kind']} ({meta['preset']}, {image_size} px) from {checkpoint}; parity on {len(images)} images"
+    )
+
+    metrics: dict[str, Any] = {"val_images": len(images), "max_batch": max_batch}
+    artifacts: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Runner] = {"eager": eager}
+    failures: list[str] = []
+    with atomic_dir(out_dir) as folder:
+        for target in dict.fromkeys(params.targets):
+            try:
+                built = _build_target(target, model, folder, image_size, max_batch)
+            except TargetUnavailable as reason:
+                metrics[target] = {"status": "skipped", "reason": str(reason)}
+                log(f"compile: {target} skipped: {reason}")
+                continue
+            metrics[target] = {"status": "built"}
+            for item in built:
+                entry = {"file": item.path.name, "target": item.target, "precision": item.precision}
+                runner = load_runner(
+                    folder, item.name, {"artifacts": {item.name: entry}, "input": {"max_batch": max_batch}}
+                )
+                stats = parity(reference, split_logits(runner, images, image_size))
+                limit, agreement = thresholds(params, item.precision)
+                if failure := parity_failure(item.name, stats, limit, agreement):
+                    failures.append(failure)
+                runners[item.name] = runner
+                size_mb = item.path.stat().st_size / 2**20
+                artifacts[item.name] = {**entry, "sha256": sha256_file(item.path), "parity": stats}
+                metrics[item.name] = {"status": "built", **stats, "build_s": round(item.build_s, 2), "size_mb": size_mb}
+                log(
+                    f"compile: {item.name} built in {item.build_s:.1f} s ({size_mb:.1f} MB): max |logit diff| "
+                    f"{stats['max_abs_diff']:.2g}, top-1 agreement {stats['top1_agreement']:.2%}"
+                )
+        if failures:
+            raise ParityError(
+                f"{checkpoint}: compiled artifacts disagree with eager PyTorch on {val_data}: {'; '.join(failures)}"
+                " (thresholds: compile.parity_* in params.yaml)"
+            )
+        if any(runner.device == "cuda" for runner in runners.values()):
+            runners["eager_cuda"] = TorchRunner("eager_cuda", copy.deepcopy(model).cuda(), max_batch, "cuda")
+        latency = latency_table(runners, images, image_size, max_batch, params.latency_repeats)
+        for name, row in latency.items():
+            metrics.setdefault(name, {}).update(row)
+        manifest = {
+            "source": {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint), "val_data": str(val_data)},
+            "kind": meta["kind"],
+            "preset": meta["preset"],
+            "block": meta["block"],
+            "classes": list(meta["classes"]),
+            "image_size": image_size,
+            "normalization": normalization(),
+            "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "max_batch": max_batch},
+            "output": {"name": OUTPUT_NAME, "kind": "logits (softmax for probabilities)"},
+            "artifacts": artifacts,
+            "targets": {t: metrics[t]["status"] for t in dict.fromkeys(params.targets)},
+            "skipped": {t: metrics[t]["reason"] for t in params.targets if metrics[t]["status"] == "skipped"},
+            "latency": latency,
+            "versions": versions(),
+            "cpu": cpu_name(),
+        }
+        write_json(folder / MANIFEST, manifest)
+    metrics["cpu"] = cpu_name()
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    summary = ", ".join(
+        f"{name} {metrics[name]['speedup_b1']:.2f}x" for name in runners if "speedup_b1" in metrics.get(name, {})
+    )
+    skipped = ", ".join(f"{t} skipped" for t in manifest["skipped"])
+    log(
+        f"compile: {len(artifacts)} artifacts in {out_dir}; batch-1 speed-up over eager: {summary or 'none'}"
+        + (f"; {skipped}" if skipped else "")
+    )
+    return metrics
+
+
+def normalization() -> dict[str, list[float]]:
+    from hdkd.data.loading import IMAGENET_MEAN, IMAGENET_STD
+
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def compile_stage(params: Params, layout: Layout = REPO) -> dict[str, Any]:
+    """The DVC stage: `models/distilled/best.pt` -> `models/compiled/`, metrics to `reports/metrics/compile.json`,
+    tracked as the MLflow run `compile` (metrics, params, manifest; register logs the artifacts themselves)."""
+    import mlflow
+
+    from hdkd.tracking import flat_params, stage_run
+
+    val_data = layout.split / "val.npz"
+    out_dir, metrics_path = layout.models / "compiled", layout.metrics / "compile.json"
+    with stage_run(params, "compile", manifest=layout.split / "manifest.csv"):
+        mlflow.log_params(flat_params(params, ("compile",)))
+        metrics = compile_student(params.compile, layout.checkpoint("distilled"), val_data, out_dir, metrics_path)
+        mlflow.log_metrics(flat_metrics(metrics))
+        mlflow.log_artifact(str(out_dir / MANIFEST), artifact_path="compiled")
+        mlflow.log_artifact(str(metrics_path), artifact_path="reports/metrics")
+    return metrics
+
+
+def flat_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """`{"onnx": {"speedup_b1": 3.1}}` -> `{"onnx.speedup_b1": 3.1}`, numbers only."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
