@@ -119,3 +119,59 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     console.print(f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/plots/")
     console.print("compare runs: .venv/bin/dvc metrics show, .venv/bin/dvc plots show, .venv/bin/dvc exp show")
     console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1")
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders (searched recursively)")],
+    model: Annotated[
+        str, typer.Option(help="models:/NAME@ALIAS or models:/NAME/VERSION, a best.pt checkpoint, or models/compiled")
+    ] = "models:/hdkd-student@champion",
+    backend: Annotated[str, typer.Option(help="auto | torch | onnx | tensorrt")] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="one JSON object per image on stdout")] = False,
+    params: Annotated[Path, typer.Option(help="params file (for the MLflow tracking URI)")] = Path("params.yaml"),
+) -> None:
+    """Classify images: the class and its probabilities per image. Unreadable files are reported by name and
+    skipped; the exit status is 1 if any failed. `auto` picks TensorRT, else compiled ONNX, else PyTorch."""
+    import json
+    import os
+
+    from hdkd.predict import IMAGE_EXTENSIONS, Predictor, predict_files
+
+    if model.startswith("models:/") and params.is_file():
+        import mlflow
+
+        from hdkd.config import load_params
+        from hdkd.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(load_params(params)))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout/stderr to our lines
+    predictor = Predictor.load(model, backend)
+    errors = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the terminal width
+    table = Table(title=f"Predictions ({predictor.backend})")
+    for column in ("image", "class", "p", *predictor.classes):
+        table.add_column(column, justify="left" if column in ("image", "class") else "right")
+    done = failed = 0
+    for item in predict_files(predictor, paths):
+        if item.result is None:
+            failed += 1
+            errors.print(f"[red]error:[/red] {item.error}", highlight=False)
+            continue
+        done += 1
+        if json_output:
+            typer.echo(json.dumps({"path": str(item.path), **item.result}))
+        else:
+            probabilities = item.result["probabilities"].values()
+            table.add_row(
+                str(item.path),
+                item.result["class"],
+                f"{item.result['probability']:.3f}",
+                *(f"{p:.3f}" for p in probabilities),
+            )
+    if not json_output and done:
+        console.print(table)
+    if not done and not failed:
+        errors.print(f"[red]error:[/red] no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) found", highlight=False)
+    errors.print(f"{done} images classified with {predictor.backend} ({predictor.source}); {failed} failed")
+    if failed or not done:
+        raise typer.Exit(1)

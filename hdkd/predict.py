@@ -1,0 +1,244 @@
+"""Classify image files with the student through any backend: eager PyTorch, ONNX Runtime or TensorRT.
+
+A model is named by a registry URI (`models:/hdkd-student@champion`, the student pyfunc logged by
+`hdkd.serving.log_student_pyfunc`, plus the compiled artifacts that `register` logged to its run), a
+checkpoint (`models/distilled/best.pt`) or a compiled folder (`models/compiled`). Preprocessing is
+the training eval transform, so a file gives the same probabilities here, in the pipeline and when served.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdkd.errors import HDKDError
+from hdkd.export import MANIFEST, Runner, TorchRunner, load_runner, preprocess, read_manifest, softmax
+from hdkd.io import sha256_file
+
+DEFAULT_MODEL = "models:/hdkd-student@champion"
+BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"})
+COMPILED_TAG = "compiled.artifact_uri"  # model-version tag set by hdkd.serving.log_compiled_artifacts
+READ_BATCH = 64  # images decoded and classified together: bounded memory on large folders
+
+
+class PredictError(HDKDError, ValueError):
+    """A model, backend or image that cannot be used for prediction."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Local files of one student: its checkpoint and/or a compiled folder."""
+
+    source: str
+    checkpoint: Path | None = None
+    compiled: Path | None = None
+
+
+def _pyfunc_files(model_dir: Path, uri: str) -> tuple[Path, Path | None]:
+    """The checkpoint and (when logged with it) compiled folder inside a downloaded student pyfunc."""
+    from mlflow.models import Model
+
+    artifacts = Model.load(str(model_dir)).flavors.get("python_function", {}).get("artifacts", {})
+    if "checkpoint" not in artifacts:
+        raise PredictError(
+            f"{uri}: not an hdkd student pyfunc (no 'checkpoint' artifact); log it with hdkd.serving.log_student_pyfunc"
+        )
+    compiled = artifacts.get("compiled")
+    return model_dir / artifacts["checkpoint"]["path"], model_dir / compiled["path"] if compiled else None
+
+
+def _compiled_of_version(uri: str) -> Path | None:
+    """The compiled folder linked to a registered version (tag `compiled.artifact_uri`), if any."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, sep, ref = uri.removeprefix("models:/").partition("@")
+    client = MlflowClient()
+    try:
+        if sep:
+            version = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, number = name.partition("/")
+            version = client.get_model_version(name, number)
+    except MlflowException:
+        return None
+    if COMPILED_TAG not in version.tags:
+        return None
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.tags[COMPILED_TAG]))
+
+
+def resolve_model(spec: str | Path) -> ModelFiles:
+    """Local files for a registry URI, a checkpoint file, a folder holding `best.pt`, or a compiled folder."""
+    text = str(spec)
+    if text.startswith("models:/"):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except MlflowException as error:
+            raise PredictError(
+                f"{text}: not found in the MLflow registry at {mlflow.get_tracking_uri()} "
+                f"({str(error).splitlines()[0]}); run `dvc repro` or pass a checkpoint or models/compiled"
+            ) from None
+        checkpoint, compiled = _pyfunc_files(local, text)
+        compiled = compiled or _compiled_of_version(text)
+        if compiled is not None and read_manifest(compiled)["source"]["sha256"] != sha256_file(checkpoint):
+            compiled = None  # compiled from other weights than this version's: never serve those
+        return ModelFiles(text, checkpoint, compiled)
+    path = Path(spec)
+    if path.is_file():
+        return ModelFiles(text, checkpoint=path)
+    if (path / MANIFEST).is_file():
+        return ModelFiles(text, compiled=path)
+    if (path / "best.pt").is_file():
+        return ModelFiles(text, checkpoint=path / "best.pt")
+    raise PredictError(
+        f"{path}: no model here (expected a .pt checkpoint, a folder with best.pt, or a compiled folder)"
+    )
+
+
+@dataclass
+class Predictor:
+    """Class probabilities for images, through one backend runner."""
+
+    runner: Runner
+    classes: list[str]
+    image_size: int
+    backend: str
+    source: str
+
+    @classmethod
+    def load(cls, model: str | Path = DEFAULT_MODEL, backend: str = "auto") -> Predictor:
+        return cls.from_files(resolve_model(model), backend)
+
+    @classmethod
+    def from_files(cls, files: ModelFiles, backend: str = "auto") -> Predictor:
+        """Pick the runner: `auto` = TensorRT if it can run here, else ONNX if compiled, else PyTorch."""
+        from hdkd.export import tensorrt_unavailable
+        from hdkd.train import load_trained
+
+        if backend not in BACKENDS:
+            raise PredictError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
+        manifest = read_manifest(files.compiled) if files.compiled else None
+        built = set(manifest["artifacts"]) if manifest else set()
+        trt = next((name for name in ("tensorrt_fp16", "tensorrt_fp32") if name in built), None)
+        if backend == "auto":
+            backend = "tensorrt" if trt and tensorrt_unavailable() is None else "onnx" if "onnx" in built else "torch"
+        if backend == "tensorrt" and trt is None:
+            raise PredictError(f"{files.source}: no TensorRT artifact was compiled (built: {sorted(built) or 'none'})")
+        if backend == "onnx" and "onnx" not in built:
+            raise PredictError(
+                f"{files.source}: no compiled ONNX model; run the compile stage, pass --model models/compiled, "
+                "or use --backend torch"
+            )
+        if backend == "torch" and files.checkpoint is not None:
+            model, meta = load_trained(files.checkpoint)
+            runner: Runner = TorchRunner("torch", model, max_batch=READ_BATCH)
+            return cls(runner, list(meta["classes"]), int(meta["img_size"]), "torch", str(files.checkpoint))
+        assert files.compiled is not None and manifest is not None  # resolve_model gives a checkpoint or a folder
+        name = {"tensorrt": trt or "", "onnx": "onnx", "torch": "torch_export"}[backend]
+        if name not in built:
+            raise PredictError(
+                f"{files.source}: no torch.export program among the compiled artifacts ({sorted(built)}); "
+                "pass the checkpoint (models/distilled/best.pt) for --backend torch"
+            )
+        runner = load_runner(files.compiled, name, manifest)
+        source = str(files.compiled / manifest["artifacts"][name]["file"])
+        return cls(runner, list(manifest["classes"]), int(manifest["image_size"]), backend, source)
+
+    def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Probabilities (N, classes) for preprocessed float32 NCHW inputs."""
+        expected = (3, self.image_size, self.image_size)
+        if inputs.ndim != 4 or inputs.shape[1:] != expected:
+            raise PredictError(
+                f"expected float32 inputs of shape (N, {', '.join(map(str, expected))}), got {inputs.shape}"
+            )
+        return softmax(self.runner(np.ascontiguousarray(inputs, dtype=np.float32)))
+
+    def predict_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities for uint8 RGB HWC images of any size (each resized by the eval transform)."""
+        if not images:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        inputs = np.concatenate([preprocess(image[None], self.image_size) for image in images])
+        return self.predict_inputs(inputs)
+
+    def describe(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
+        """`[{"class": ..., "probability": ..., "probabilities": {class: p}}]`, one per row."""
+        rows = []
+        for row in probabilities:
+            best = int(row.argmax())
+            rows.append(
+                {
+                    "class": self.classes[best],
+                    "probability": float(row[best]),
+                    "probabilities": {name: float(p) for name, p in zip(self.classes, row, strict=True)},
+                }
+            )
+        return rows
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Encoded image bytes -> uint8 RGB HWC; a clear error naming `source` when they are not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
+    except UnidentifiedImageError:
+        raise PredictError(f"{source}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise PredictError(f"{source}: not a readable image ({error})") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise PredictError(f"{path}: cannot read it ({error.strerror or error})") from None
+    return decode_image(data, str(path))
+
+
+def find_images(paths: Sequence[str | Path]) -> Iterator[Path]:
+    """Files as given; folders searched recursively for image extensions, in sorted order. A path that does
+    not exist is passed on, so that reading it reports it in order with the others."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            yield path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def predict_files(predictor: Predictor, paths: Sequence[str | Path]) -> Iterator[Prediction]:
+    """One Prediction per image, in order; unreadable files give an error entry and the rest go on."""
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> Iterator[Prediction]:
+        rows = predictor.describe(predictor.predict_images([image for _, image in batch]))
+        yield from (Prediction(path, row) for (path, _), row in zip(batch, rows, strict=True))
+        batch.clear()
+
+    for path in find_images(paths):
+        try:
+            batch.append((path, read_image(path)))
+        except PredictError as error:
+            yield from flush()  # keep the output in input order
+            yield Prediction(path, error=str(error))
+            continue
+        if len(batch) == READ_BATCH:
+            yield from flush()
+    yield from flush()
