@@ -1,0 +1,106 @@
+"""Latency of the compiled HDKD student against eager PyTorch, at batch 1 and 16, from one run.
+
+Builds the HDKD student (random weights: latency does not depend on them) or loads a checkpoint,
+exports it the way the compile stage does (ONNX for ONNX Runtime with full graph optimisation,
+a torch.export program; with --aoti an AOTInductor package too), checks parity, then times every
+backend in interleaved rounds so that other load on the machine hits them alike. Prints a table of
+median / p90 milliseconds and the speed-up over eager; with --json the last line is one JSON object.
+
+    python benchmarks/compile_latency.py --preset paper            # 224 px, the goal: >= 3x at batch 1
+    python benchmarks/compile_latency.py --checkpoint models/distilled/best.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdkd.export import (
+    OnnxRunner,
+    Runner,
+    TorchRunner,
+    cpu_name,
+    export_aoti,
+    export_onnx,
+    export_program,
+    measure_latency,
+    parity,
+)
+from hdkd.models import PRESETS, build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    parser.add_argument("--checkpoint", type=Path, help="a trained best.pt instead of random weights")
+    parser.add_argument("--classes", type=int, default=7)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds at batch 1")
+    parser.add_argument("--repeats-large", type=int, default=5, help="timed rounds at larger batches")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--aoti", action="store_true", help="also build an AOTInductor package (about a minute)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    if args.checkpoint:
+        from hdkd.train import load_trained
+
+        model, meta = load_trained(args.checkpoint)
+        label, size = f"{meta['kind']} {meta['preset']} ({args.checkpoint})", int(meta["img_size"])
+    else:
+        size = PRESETS[args.preset].img_size
+        model = build_model("distilled", args.preset, args.classes).eval()
+        label = f"distilled {args.preset} (random weights)"
+    batches = [int(b) for b in args.batches.split(",")]
+    inputs = torch.randn(max(batches), 3, size, size).numpy()
+
+    runners: dict[str, Runner] = {"eager": TorchRunner("eager", model, args.max_batch)}
+    build: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        export_onnx(model, Path(tmp) / "student.onnx", size, args.max_batch)
+        runners["onnx"] = OnnxRunner("onnx", Path(tmp) / "student.onnx", args.max_batch)
+        build["onnx"] = time.perf_counter() - began
+        began = time.perf_counter()
+        export_program(model, Path(tmp) / "student.pt2", size, args.max_batch)
+        program = torch.export.load(str(Path(tmp) / "student.pt2")).module()
+        runners["torch_export"] = TorchRunner("torch_export", program, args.max_batch)
+        build["torch_export"] = time.perf_counter() - began
+        if args.aoti:
+            began = time.perf_counter()
+            package = export_aoti(model, Path(tmp) / "student_aoti.pt2", size, args.max_batch)
+            runners["aoti"] = TorchRunner("aoti", torch._inductor.aoti_load_package(str(package)), args.max_batch)
+            build["aoti"] = time.perf_counter() - began
+
+        reference = runners["eager"](inputs)
+        diffs = {name: parity(reference, runner(inputs)) for name, runner in runners.items() if name != "eager"}
+        results = {}
+        for batch in batches:
+            repeats = args.repeats if batch == 1 else args.repeats_large
+            results[batch] = measure_latency(runners, np.ascontiguousarray(inputs[:batch]), repeats)
+
+    print(f"{label}, {size} px | {cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = f"{'backend':<14}{'build s':>9}{'max|diff|':>11}"
+    for batch in batches:
+        header += f"{f'b{batch} median':>13}{f'b{batch} p90':>10}{f'b{batch} speedup':>13}"
+    print(header)
+    for name in runners:
+        line = f"{name:<14}{build.get(name, 0):>9.1f}{diffs[name]['max_abs_diff'] if name in diffs else 0:>11.1e}"
+        for batch in batches:
+            times = results[batch][name]
+            speedup = results[batch]["eager"]["median_ms"] / times["median_ms"]
+            line += f"{times['median_ms']:>13.2f}{times['p90_ms']:>10.2f}{speedup:>12.2f}x"
+        print(line)
+    if args.json:
+        print(json.dumps({"model": label, "cpu": cpu_name(), "build_s": build, "parity": diffs, "latency": results}))
+
+
+if __name__ == "__main__":
+    main()
