@@ -64,7 +64,8 @@ def smote_class(images: np.ndarray, target: int, k_neighbors: int, seed: int) ->
     y[n] = 1
     sampler = SMOTE(sampling_strategy={0: target}, k_neighbors=k_neighbors, random_state=seed)
     new = sampler.fit_resample(x, y)[0][n + 1 :]
-    return np.clip(np.rint(new), 0, 255).astype(np.uint8).reshape(-1, *shape)
+    np.clip(np.rint(new, out=new), 0, 255, out=new)  # in place: no float copies of the output
+    return new.astype(np.uint8).reshape(-1, *shape)
 
 
 def balance(params: Params, split_dir: str | Path, out_dir: str | Path) -> pd.DataFrame:
@@ -72,7 +73,8 @@ def balance(params: Params, split_dir: str | Path, out_dir: str | Path) -> pd.Da
     split_dir, out_dir = Path(split_dir), Path(out_dir)
     train = load_split(split_dir / "train.npz")
     manifest = read_manifest(split_dir / "manifest.csv").set_index("path")
-    ids = np.load(split_dir / "train.npz", allow_pickle=False)["ids"]
+    with np.load(split_dir / "train.npz", allow_pickle=False) as npz:
+        ids = npz["ids"]
     counts = {name: int((train.labels == i).sum()) for i, name in enumerate(train.classes)}
     cfg = params.balance
     wanted = class_targets(counts, cfg.targets) if cfg.enabled else counts

@@ -80,5 +80,4 @@ def make_loader(
         num_workers=num_workers,
         generator=generator,
         drop_last=False,
-        persistent_workers=False,
     )

@@ -66,8 +66,9 @@ def generate(n: int, size: int, seed: int) -> SyntheticSet:
     labels: list[str] = []
     lesion_of_image: list[int] = []
     lesion_class: list[int] = []
+    counts = class_counts(n)
     for ci, name in enumerate(HAM_CLASSES):
-        need = class_counts(n)[name]
+        need = counts[name]
         while need > 0:
             views = min(need, int(rng.choice(_VIEWS_PER_LESION, p=_VIEWS_P)))
             lesion_of_image += [len(lesion_class)] * views
@@ -121,7 +122,9 @@ def _draw_lesions(cls: np.ndarray, rng: np.random.Generator) -> dict[str, np.nda
     }
 
 
-def _draw_views(lesion: np.ndarray, lesions: dict[str, np.ndarray], size: int, rng: np.random.Generator):
+def _draw_views(
+    lesion: np.ndarray, lesions: dict[str, np.ndarray], size: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     n = len(lesion)
     views = {k: v[lesion] for k, v in lesions.items()}
     views["angle"] = views["angle"] + rng.uniform(0, 2 * np.pi, n).astype(np.float32)
