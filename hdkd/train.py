@@ -1,0 +1,205 @@
+"""Train one network kind from prepared split arrays: the code behind the training stages,
+the Prefect tasks and `hdkd train`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from hdkd.config import Params, TrainParams
+from hdkd.data.loading import SplitArrays, eval_transform, load_split, make_loader
+from hdkd.distributed import SINGLE, World, init_world, relaunch_with_torchrun, under_torchrun
+from hdkd.engine import Callback, FitResult, Trainer, seed_everything
+from hdkd.io import atomic_path, write_json
+from hdkd.layout import REPO, Layout
+from hdkd.models import build_model
+from hdkd.tracking import MlflowCallback, flat_params, log_torch_model, stage_run
+
+
+def default_device(world: World = SINGLE) -> torch.device:
+    return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+SECTION_OF_KIND = {"teacher": "teacher", "student": "student", "distilled": "distill"}
+
+
+def train_params_for(params: Params, kind: str) -> TrainParams:
+    section: TrainParams = getattr(params, SECTION_OF_KIND[kind])
+    return section
+
+
+def model_meta(params: Params, kind: str, classes: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild its network without params.yaml."""
+    return {
+        "kind": kind,
+        "preset": params.model.preset,
+        "block": params.model.block,
+        "img_size": params.data.image_size,
+        "classes": list(classes),
+    }
+
+
+def build_from_meta(meta: dict[str, Any]) -> nn.Module:
+    return build_model(
+        meta["kind"], meta["preset"], num_classes=len(meta["classes"]), block=meta["block"], img_size=meta["img_size"]
+    )
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a network from a `best.pt`/`last.pt` and load its weights strictly, in eval mode."""
+    state = load_checkpoint(path)
+    meta = state.get("meta") or {}
+    if not {"kind", "preset", "block", "img_size", "classes"} <= set(meta):
+        raise CheckpointError(f"{path}: checkpoint has no model description ('meta'); was it written by hdkd?")
+    model = build_from_meta(meta)
+    load_model_state(model, state["model"], path)
+    return model.eval(), meta
+
+
+def _check_same_classes(train: SplitArrays, val: SplitArrays) -> None:
+    if list(train.classes) != list(val.classes):
+        raise ValueError(f"train and val splits name different classes: {train.classes} vs {val.classes}")
+
+
+def train(
+    params: Params,
+    kind: str,
+    train_data: str | Path,
+    val_data: str | Path,
+    out_dir: str | Path,
+    teacher_path: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    world: World = SINGLE,
+) -> FitResult:
+    """Train `kind` (`teacher`, `student` or `distilled`); checkpoints go to `out_dir`.
+
+    Under torchrun (`world` from `init_world()`), each rank trains its shard of every epoch.
+    """
+    train_split, val_split = load_split(train_data), load_split(val_data)
+    _check_same_classes(train_split, val_split)
+    classes = list(train_split.classes)
+    teacher = None
+    if kind == "distilled":
+        if teacher_path is None:
+            raise ValueError("HDKD distillation needs teacher_path (the trained teacher's best.pt)")
+        teacher, teacher_meta = load_trained(teacher_path)
+        if teacher_meta["classes"] != classes or teacher_meta["preset"] != params.model.preset:
+            raise CheckpointError(
+                f"{teacher_path}: teacher was trained for preset {teacher_meta['preset']!r} and classes "
+                f"{teacher_meta['classes']}, this run has {params.model.preset!r} and {classes}; retrain the teacher"
+            )
+    seed_everything(params.seed)
+    model = build_model(
+        kind, params.model.preset, num_classes=len(classes), block=params.model.block, img_size=params.data.image_size
+    )
+    section = train_params_for(params, kind)
+    loader_args = {
+        "image_size": params.data.image_size,
+        "batch_size": section.batch_size,
+        "num_workers": params.data.num_workers,
+    }
+    trainer = Trainer(
+        model,
+        kind,
+        section,
+        out_dir,
+        params.seed,
+        classes,
+        teacher=teacher,
+        callbacks=callbacks,
+        meta=model_meta(params, kind, classes),
+        device=default_device(world),
+        progress=progress,
+        world=world,
+    )
+    sampler = None
+    if world.distributed:
+        sampler = DistributedSampler(range(len(train_split)), world.size, world.rank, shuffle=True, seed=params.seed)
+    return trainer.fit(
+        make_loader(train_split, train=True, sampler=sampler, **loader_args),
+        make_loader(val_split, train=False, **loader_args),
+        resume=resume,
+    )
+
+
+def _example_batch(split: SplitArrays, image_size: int) -> np.ndarray:
+    """Two preprocessed validation images: MLflow's input example (2+ keeps the batch axis dynamic)."""
+    transform = eval_transform(image_size)
+    images = torch.from_numpy(split.images[:2]).permute(0, 3, 1, 2)
+    return torch.stack([transform(image) for image in images]).numpy()
+
+
+def _write_learning_curve(path: Path, history: Sequence[dict[str, float]]) -> None:
+    columns = sorted({key for row in history for key in row})
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", *columns])
+        writer.writeheader()
+        for epoch, row in enumerate(history, start=1):
+            writer.writerow({"epoch": epoch, **row})
+
+
+STAGE_MODULE = {
+    "teacher": "pipelines.train_teacher",
+    "student": "pipelines.train_student",
+    "distilled": "pipelines.distill",
+}
+
+
+def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool = True) -> dict[str, Any]:
+    """A pipeline training stage: train `kind`, track it in MLflow, log the model, write reports.
+
+    With `distributed.nproc` > 1 the stage re-runs itself under torchrun; rank 0 alone tracks and writes.
+    """
+    if params.distributed.nproc > 1 and not under_torchrun():
+        relaunch_with_torchrun(STAGE_MODULE[kind], params.distributed.nproc)
+        return json.loads((layout.metrics / f"{kind}.json").read_text())
+    world = init_world()
+    train_data, val_data = layout.balanced / "train.npz", layout.split / "val.npz"
+    out_dir = layout.models / kind
+    teacher_path = layout.checkpoint("teacher") if kind == "distilled" else None
+    if not world.is_main:
+        train(params, kind, train_data, val_data, out_dir, teacher_path, progress=False, world=world)
+        return {}
+    section = SECTION_OF_KIND[kind]
+    with stage_run(params, f"train_{kind}", manifest=layout.balanced / "manifest.csv", kind=kind) as run:
+        mlflow.log_params(flat_params(params, (section, "model", "data", "balance")))
+        result = train(
+            params,
+            kind,
+            train_data,
+            val_data,
+            out_dir,
+            teacher_path,
+            callbacks=[MlflowCallback()],
+            progress=progress,
+            world=world,
+        )
+        model, _ = load_trained(result.best_path)
+        example = _example_batch(load_split(val_data), params.data.image_size)
+        info = log_torch_model(model, example, kind=kind, preset=params.model.preset)
+        best = result.history[result.best_epoch]
+        summary = {
+            "best_epoch": result.best_epoch + 1,
+            "epochs": len(result.history),
+            **{key: best[key] for key in best if key.startswith("val_")},
+        }
+        write_json(layout.metrics / f"{kind}.json", summary)
+        _write_learning_curve(layout.reports / "plots" / "learning" / f"{kind}.csv", result.history)
+        write_json(layout.logged_model(kind), {"run_id": run.info.run_id, "model_uri": info.model_uri})
+    print(
+        f"{kind}: best val macro-F1 {result.best_score:.3f} (epoch {result.best_epoch + 1}), "
+        f"MLflow run {run.info.run_id}"
+    )
+    return summary

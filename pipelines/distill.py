@@ -1,0 +1,8 @@
+"""DVC stage `distill`: HDKD, the student distilled from the trained teacher (logits + features)."""
+
+from hdkd.config import load_params
+from hdkd.train import train_stage
+from pipelines._entry import run_stage
+
+if __name__ == "__main__":
+    run_stage(lambda: train_stage(load_params(), "distilled"))
