@@ -85,38 +85,34 @@ def promote(
     console.print(f"{name} version {version} is now @champion")
 
 
-def main() -> None:
-    """Console entry: user errors end with one line on stderr and exit status 1."""
-    from hdkd.errors import HDKDError
-
-    try:
-        app()
-    except HDKDError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
-        raise SystemExit(1) from None
-
-
 @app.command()
 def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path("reports")) -> None:
     """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
     import json
 
-    evaluation = reports / "metrics" / "evaluate.json"
-    if evaluation.is_file():
-        rows = json.loads(evaluation.read_text())
-        keys = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece"]
+    from hdkd.evaluate import HEADLINE, comparison_sentence, summary_rows
+
+    rows = summary_rows(reports) if (reports / "evaluate").is_dir() else []
+    if rows:
         table = Table(title="Test split (touched once, by the evaluate stage)")
-        table.add_column("model")
-        for key in keys:
-            table.add_column(key, justify="right")
-        for model, metrics in rows.items():
-            table.add_row(model, *(f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else "-" for k in keys))
+        for column in ("model", "parameters", "MMACs", "ms/image", *HEADLINE):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for row in rows:
+            metrics = (f"{row[k]:.3f}" if isinstance(row.get(k), float) else "-" for k in HEADLINE)
+            table.add_row(
+                row["label"],
+                f"{row['parameters']:,}",
+                f"{row['macs'] / 1e6:,.1f}",
+                f"{row['latency_ms']:.2f}",
+                *metrics,
+            )
         console.print(table)
+        console.print(comparison_sentence(rows))
     registry = reports / "registry.json"
     if registry.is_file():
         for name, entry in json.loads(registry.read_text()).items():
             console.print(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])})")
-    console.print(f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/plots/")
+    console.print(f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/figures/, {reports}/gradcam/")
     console.print("compare runs: .venv/bin/dvc metrics show, .venv/bin/dvc plots show, .venv/bin/dvc exp show")
     console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1")
 
@@ -175,3 +171,14 @@ def predict(
     errors.print(f"{done} images classified with {predictor.backend} ({predictor.source}); {failed} failed")
     if failed or not done:
         raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry: user errors end with one line on stderr and exit status 1."""
+    from hdkd.errors import HDKDError
+
+    try:
+        app()
+    except HDKDError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        raise SystemExit(1) from None

@@ -35,7 +35,7 @@ class DataParams(_Strict):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     on_bad_image: Literal["error", "skip"] = "error"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(2, ge=0)
     synthetic_images: int = Field(700, ge=50)
     min_per_class: int = Field(2, ge=1)
 
@@ -80,6 +80,8 @@ class DistillParams(TrainParams):
 
 
 class FloatRange(_Strict):
+    """A float searched between `low` and `high`, log-uniformly with `log: true`."""
+
     low: float
     high: float
     log: bool = False
@@ -92,19 +94,45 @@ class FloatRange(_Strict):
 
 
 class Choice(_Strict):
-    choices: list[Any] = Field(min_length=1)
+    """One of `choices`, each a value of the distill key (the stages as lists: `[[1, 2, 3], [2, 3], [3]]`)."""
+
+    choices: list[bool | int | float | str | list[int]] = Field(min_length=1)
+
+
+UNTUNABLE = frozenset({"epochs"})  # a trial always trains `tune.epochs`
 
 
 class TuneParams(_Strict):
+    """The Optuna study over the `distill` section. `space` maps distill keys to a range or choices."""
+
     enabled: bool = True
-    storage: str = "sqlite:///optuna.db"
+    storage: str = "sqlite:///optuna.db"  # an RDB URL; PostgreSQL for workers on several machines
     study_name: str = "hdkd-distill"
-    n_trials: int = Field(8, ge=1)
-    timeout: float | None = Field(None, gt=0)
+    n_trials: int = Field(8, ge=1)  # the study's total, over every rerun and every worker
+    timeout: float | None = Field(None, gt=0)  # seconds after which a worker starts no new trial
     epochs: int = Field(3, ge=1)
     workers: int = Field(1, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space and the median pruner acts
+    warmup_epochs: int = Field(1, ge=0)  # epochs every trial runs before the median pruner may stop it
     space: dict[str, FloatRange | Choice] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _space_fits_distill(self) -> TuneParams:
+        tunable = sorted(set(DistillParams.model_fields) - UNTUNABLE)
+        for key, spec in self.space.items():
+            if key not in tunable:
+                raise ValueError(f"space.{key}: not a distill key that can be tuned (one of {', '.join(tunable)})")
+            if isinstance(spec, FloatRange) and DistillParams.model_fields[key].annotation is not float:
+                raise ValueError(f"space.{key}: distill.{key} is not a float; search it with `choices`")
+            # Both ends of a range and every choice must be valid distill values, so no trial can fail on them.
+            for value in (spec.low, spec.high) if isinstance(spec, FloatRange) else spec.choices:
+                try:
+                    DistillParams.model_validate({key: value})
+                except ValidationError as error:
+                    reason = error.errors()[0]["msg"]
+                    raise ValueError(f"space.{key}: {value!r} is not a valid distill.{key} ({reason})") from None
+        return self
 
 
 class CompileParams(_Strict):
