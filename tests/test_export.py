@@ -1,0 +1,204 @@
+"""The compile stage on a tiny HDKD student: real exports, real ONNX Runtime, real parity checks."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from hdkd.checkpoint import save_checkpoint
+from hdkd.config import CompileParams
+from hdkd.data.arrays import save_split
+from hdkd.export import (
+    FILES,
+    MANIFEST,
+    CompileError,
+    OnnxRunner,
+    ParityError,
+    compile_student,
+    load_runner,
+    parity,
+    parity_failure,
+    preprocess,
+    tensorrt_unavailable,
+)
+from hdkd.models import build_model
+from tests.conftest import toy_images
+
+CLASSES = ["akiec", "bcc", "nv"]
+SIZE = 32
+
+
+@dataclass(frozen=True)
+class Student:
+    checkpoint: Path
+    val: Path
+
+
+def write_split(path: Path, n: int, classes: list[str], seed: int = 1) -> Path:
+    """A split file as the split stage writes it."""
+    images, labels = toy_images(n, len(classes), SIZE, seed)
+    save_split(path, images, labels, classes, np.array([f"{i}.png" for i in range(n)]))
+    return path
+
+
+def write_student(root: Path) -> Student:
+    """A tiny HDKD student checkpoint (random weights: parity does not need a trained one) and a val split."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = build_model("distilled", "tiny", len(CLASSES), img_size=SIZE)
+    meta = {"kind": "distilled", "preset": "tiny", "block": "mbcsa", "img_size": SIZE, "classes": CLASSES}
+    save_checkpoint(root / "best.pt", {"model": model.state_dict(), "meta": meta})
+    return Student(root / "best.pt", write_split(root / "val.npz", 24, CLASSES))
+
+
+FAST = CompileParams(targets=["onnx", "torch_export", "tensorrt"], max_batch=16, latency_repeats=3)
+
+
+@functools.cache
+def compiled_student(base: Path) -> tuple[Student, Path, dict]:
+    """Compiled once per test session (the ONNX export is the slow part), shared by the test modules."""
+    student = write_student(base / "student")
+    out = base / "compiled"
+    metrics = compile_student(FAST, student.checkpoint, student.val, out, base / "compile.json", log=lambda _: None)
+    return student, out, metrics
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compiled_student(tmp_path_factory.getbasetemp())
+
+
+def test_onnx_and_torch_export_pass_parity_and_are_timed(compiled):
+    student, out, metrics = compiled
+    for name in ("onnx", "torch_export"):
+        assert metrics[name]["status"] == "built"
+        assert metrics[name]["max_abs_diff"] <= FAST.parity_max_abs_diff
+        assert metrics[name]["top1_agreement"] == 1.0
+        for key in ("b1_median_ms", "b1_p90_ms", "b16_median_ms", "b16_p90_ms", "speedup_b1", "speedup_b16"):
+            assert metrics[name][key] > 0
+    assert metrics["eager"]["b1_median_ms"] > 0 and metrics["val_images"] == 24
+    assert json.loads((out.parent / "compile.json").read_text()) == metrics
+    onnx.checker.check_model(str(out / FILES["onnx"]), full_check=True)
+
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["classes"] == CLASSES and manifest["image_size"] == SIZE
+    assert set(manifest["normalization"]) == {"mean", "std"}
+    assert set(manifest["artifacts"]) == {"onnx", "torch_export"}
+    assert manifest["targets"] == {
+        "onnx": "built",
+        "torch_export": "built",
+        "tensorrt": manifest["targets"]["tensorrt"],
+    }
+    assert manifest["source"]["checkpoint"] == str(student.checkpoint)
+
+
+def test_artifacts_keep_a_dynamic_batch_axis(compiled):
+    _, out, _ = compiled
+    inputs = preprocess(toy_images(5, 3, SIZE, seed=7)[0], SIZE)
+    for name in ("onnx", "torch_export"):
+        runner = load_runner(out, name)
+        for batch in (1, 5):
+            assert runner.run(inputs[:batch]).shape == (batch, len(CLASSES))
+    # More than max_batch goes through in chunks.
+    many = np.concatenate([inputs] * 4)
+    assert load_runner(out, "onnx")(many).shape == (20, len(CLASSES))
+
+
+@pytest.mark.skipif(tensorrt_unavailable() is None, reason="CUDA and torch-tensorrt are present here")
+def test_tensorrt_without_cuda_is_recorded_as_skipped_and_the_stage_succeeds(compiled):
+    _, out, metrics = compiled
+    assert metrics["tensorrt"]["status"] == "skipped"
+    assert "CUDA" in metrics["tensorrt"]["reason"] or "torch-tensorrt" in metrics["tensorrt"]["reason"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["targets"]["tensorrt"] == "skipped"
+    assert manifest["skipped"]["tensorrt"] == metrics["tensorrt"]["reason"]
+    assert not any(name.startswith("tensorrt") for name in manifest["artifacts"])
+    assert not list(out.glob("*.ep"))
+
+
+def _tamper(path: Path) -> None:
+    """Raise class 0 in one head's bias by 2: still a valid ONNX model, now a wrong one (logit 0 off by 1)."""
+    model = onnx.load(str(path))
+    bias = next(init for init in model.graph.initializer if list(init.dims) == [len(CLASSES)])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.array([2, 0, 0], np.float32), bias.name))
+    onnx.save(model, str(path))
+
+
+def test_a_tampered_onnx_model_fails_parity_with_a_clear_message(compiled, tmp_path):
+    student, out, metrics = compiled
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes((out / FILES["onnx"]).read_bytes())
+    _tamper(broken)
+    inputs = preprocess(np.load(student.val)["images"], SIZE)
+    reference = load_runner(out, "torch_export")(inputs)
+    stats = parity(reference, OnnxRunner("onnx", broken, 16)(inputs))
+    message = parity_failure("onnx", stats, FAST.parity_max_abs_diff, FAST.parity_min_agreement)
+    assert message is not None and message.startswith("onnx: max |logit diff| 1 > 0.001")
+    # The honest artifact passes the same check, and a threshold below its own error fails it.
+    assert parity_failure("onnx", metrics["onnx"], FAST.parity_max_abs_diff, 1.0) is None
+    too_strict = parity_failure("onnx", {**metrics["onnx"], "max_abs_diff": 1e-6}, 1e-9, 1.0)
+    assert too_strict == "onnx: max |logit diff| 1e-06 > 1e-09"
+
+
+def test_the_stage_fails_on_a_parity_failure_and_keeps_the_previous_output(compiled, tmp_path, monkeypatch):
+    import hdkd.export
+
+    student, _, _ = compiled
+    out = tmp_path / "compiled"
+    out.mkdir()
+    (out / "previous.txt").write_text("the last good build")
+
+    def export_tampered(model, path, *args, **kwargs):
+        # The good export of the shared fixture, altered: saves a second export and keeps the stage path real.
+        path.write_bytes((compiled[1] / FILES["onnx"]).read_bytes())
+        _tamper(path)
+        return path
+
+    monkeypatch.setattr(hdkd.export, "export_onnx", export_tampered)
+    params = CompileParams(targets=["onnx"], max_batch=16, latency_repeats=3)
+    with pytest.raises(ParityError, match=r"onnx: max \|logit diff\| 1 > 0\.001"):
+        compile_student(params, student.checkpoint, student.val, out, tmp_path / "compile.json", log=lambda _: None)
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert not (tmp_path / "compile.json").exists()
+
+
+def test_a_split_with_other_classes_is_refused_naming_the_checkpoint(compiled, tmp_path):
+    student, _, _ = compiled
+    other = write_split(tmp_path / "val.npz", 8, ["a", "b", "c"])
+    with pytest.raises(CompileError, match=f"{student.checkpoint}: trained for classes"):
+        compile_student(FAST, student.checkpoint, other, tmp_path / "out", log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_aoti_package_builds_and_passes_parity(compiled, tmp_path):
+    student, _, _ = compiled
+    params = CompileParams(targets=["aoti"], max_batch=16, latency_repeats=3)
+    metrics = compile_student(params, student.checkpoint, student.val, tmp_path / "out", log=lambda _: None)
+    if metrics["aoti"]["status"] == "skipped":
+        pytest.skip(metrics["aoti"]["reason"])
+    assert metrics["aoti"]["max_abs_diff"] <= params.parity_max_abs_diff
+    assert metrics["aoti"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(tensorrt_unavailable() is not None, reason=f"TensorRT cannot run here: {tensorrt_unavailable()}")
+def test_tensorrt_fp32_and_fp16_engines_pass_parity(compiled, tmp_path):
+    student, _, _ = compiled
+    params = CompileParams(targets=["tensorrt"], max_batch=16, latency_repeats=3)
+    metrics = compile_student(params, student.checkpoint, student.val, tmp_path / "out", log=lambda _: None)
+    assert metrics["tensorrt"]["status"] == "built"
+    assert metrics["tensorrt_fp32"]["max_abs_diff"] <= params.parity_max_abs_diff
+    assert metrics["tensorrt_fp32"]["top1_agreement"] >= params.parity_min_agreement
+    assert metrics["tensorrt_fp16"]["max_abs_diff"] <= params.parity_max_abs_diff_fp16
+    assert metrics["tensorrt_fp16"]["top1_agreement"] >= params.parity_min_agreement_fp16
+    runner = load_runner(tmp_path / "out", "tensorrt_fp16")
+    assert runner(preprocess(np.load(student.val)["images"][:3], SIZE)).shape == (3, len(CLASSES))

@@ -1,0 +1,100 @@
+"""`hdkd predict` on real image files, through every backend this machine has."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from hdkd.cli import app
+from hdkd.export import preprocess, softmax
+from hdkd.predict import PredictError, Predictor, find_images
+from hdkd.train import load_trained
+from tests.conftest import toy_images
+from tests.test_export import CLASSES, SIZE, compiled_student
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compiled_student(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Two PNGs (one grey) at the model size, a larger JPEG in a subfolder, a corrupt PNG, a text file."""
+    pixels = toy_images(3, len(CLASSES), 48, seed=3)[0]
+    folder = tmp_path / "images"
+    (folder / "more").mkdir(parents=True)
+    Image.fromarray(pixels[0][:SIZE, :SIZE]).save(folder / "a.png")
+    Image.fromarray(pixels[1][:SIZE, :SIZE, 0]).save(folder / "b_grey.png")
+    Image.fromarray(pixels[2]).save(folder / "more" / "c.jpg", quality=95)
+    (folder / "more" / "d_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (folder / "notes.txt").write_text("not an image, and not an image extension")
+    return folder
+
+
+def _eager_probabilities(checkpoint, path):
+    model, _ = load_trained(checkpoint)
+    rgb = np.array(Image.open(path).convert("RGB"))
+    with torch.inference_mode():
+        return softmax(model(torch.from_numpy(preprocess(rgb[None], SIZE))).numpy())[0]
+
+
+def test_predict_json_lines_for_a_folder_with_one_broken_file(compiled, images):
+    student, out, _ = compiled
+    result = CliRunner().invoke(app, ["predict", str(images), "--model", str(out), "--json"])
+    assert result.exit_code == 1  # one image failed, the others were still classified
+    assert f"{images / 'more' / 'd_broken.png'}: not a readable image" in result.stderr
+    assert "3 images classified with onnx" in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(images / n) for n in ("a.png", "b_grey.png", "more/c.jpg")]
+    for line in lines:
+        assert line["class"] in CLASSES and list(line["probabilities"]) == CLASSES
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert line["probability"] == max(line["probabilities"].values())
+        # ONNX Runtime on the file = eager PyTorch on the same file with the training eval transform.
+        expected = _eager_probabilities(student.checkpoint, line["path"])
+        np.testing.assert_allclose(list(line["probabilities"].values()), expected, atol=1e-5)
+
+
+def test_predict_table_with_a_checkpoint_and_files_named_one_by_one(compiled, images):
+    student, _, _ = compiled
+    files = [str(images / "a.png"), str(images / "missing.png"), str(images / "more" / "c.jpg")]
+    result = CliRunner().invoke(app, ["predict", *files, "--model", str(student.checkpoint)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert f"{images / 'missing.png'}: cannot read it" in result.stderr
+    assert "Predictions (torch)" in result.stdout
+    assert "a.png" in result.stdout and "c.jpg" in result.stdout
+    assert all(name in result.stdout for name in CLASSES)
+
+
+def test_auto_backend_and_explicit_backends(compiled, images):
+    student, out, _ = compiled
+    assert Predictor.load(out).backend == "onnx"
+    assert Predictor.load(student.checkpoint).backend == "torch"
+    program = Predictor.load(out, backend="torch")
+    assert program.backend == "torch" and program.source.endswith("student.pt2")
+    pixels = [np.array(Image.open(images / "more" / "c.jpg").convert("RGB"))]
+    np.testing.assert_allclose(Predictor.load(out).predict_images(pixels), program.predict_images(pixels), atol=1e-5)
+    with pytest.raises(PredictError, match="no TensorRT artifact was compiled"):
+        Predictor.load(out, backend="tensorrt")
+    with pytest.raises(PredictError, match="no compiled ONNX model"):
+        Predictor.load(student.checkpoint, backend="onnx")
+
+
+def test_a_clean_run_exits_zero_and_bad_models_are_named(compiled, images, tmp_path):
+    _, out, _ = compiled
+    result = CliRunner().invoke(app, ["predict", str(images / "a.png"), "--model", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1
+    with pytest.raises(PredictError, match=f"{tmp_path}: no model here"):
+        Predictor.load(tmp_path)
+    assert list(find_images([images])) == [
+        images / "a.png",
+        images / "b_grey.png",
+        *sorted((images / "more").iterdir()),
+    ]
