@@ -63,3 +63,11 @@ def relaunch_with_torchrun(module: str, nproc: int) -> None:
 
 
 SINGLE = World()
+
+
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics: DDP syncs buffers only at the start of a
+    forward pass, so after the last step of an epoch each rank holds its own."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

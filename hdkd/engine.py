@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from hdkd.config import DistillParams, TrainParams
-from hdkd.distributed import SINGLE, World, all_reduce_sum
+from hdkd.distributed import SINGLE, World, all_reduce_sum, sync_buffers
 from hdkd.losses import HDKDLoss
 from hdkd.metrics import classification_metrics
+from hdkd.models.fuse import prepare_teacher
 
 SELECTION_METRIC = "macro_f1"  # imbalanced medical classes: accuracy would reward predicting `nv`
 
@@ -134,7 +135,7 @@ class Trainer:
             self.distill_loss: HDKDLoss | None = HDKDLoss(
                 params.alpha, params.temperature, params.kind, params.lambda_feat, params.beta, params.stages
             )
-            teacher.eval().requires_grad_(False)
+            teacher = prepare_teacher(teacher)  # eval, no grad, BatchNorm folded, channels_last
         else:
             self.distill_loss = None
         self.kind, self.params, self.teacher, self.world = kind, params, teacher, world
@@ -195,6 +196,7 @@ class Trainer:
             seen += batch
             correct += int((logits.argmax(1) == labels).sum())
             bar.set_postfix(loss=f"{sums['loss'].item() / seen:.3f}", acc=f"{correct / seen:.3f}")
+        sync_buffers(self.net)
         names = sorted(sums)
         counts = torch.tensor([float(seen), float(correct)], device=self.device)
         totals = all_reduce_sum(torch.cat([torch.stack([sums[n].float() for n in names]), counts])).tolist()
