@@ -70,7 +70,8 @@ def test_hdkd_step_runs_each_network_once(trained_teacher, toy_loaders, tmp_path
     trainer = make_trainer("distilled", tmp_path, params, teacher=teacher)
     calls = {"teacher": 0, "student": 0}
     handles = [
-        teacher.stage1.register_forward_hook(lambda *_: calls.__setitem__("teacher", calls["teacher"] + 1)),
+        # the trainer distils from its own inference copy of the teacher (hdkd.models.fuse.prepare_teacher)
+        trainer.teacher.stage1.register_forward_hook(lambda *_: calls.__setitem__("teacher", calls["teacher"] + 1)),
         trainer.model.stage1.register_forward_hook(lambda *_: calls.__setitem__("student", calls["student"] + 1)),
     ]
     train_loader, _ = toy_loaders
