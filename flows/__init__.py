@@ -1,0 +1,1 @@
+"""Prefect front door to the pipeline: flow `hdkd`, deployment `full`."""

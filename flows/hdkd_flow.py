@@ -1,0 +1,131 @@
+"""Prefect flow `hdkd`: the DVC stage graph as Prefect tasks, one task per stage.
+
+Each task runs its DVC stage (`dvc repro --single-item <stage>`), not a copy of its code: DVC
+skips a stage whose inputs did not change, keeps `dvc.lock` true, and caches the outputs, so
+after a flow run `dvc status` is clean and `dvc repro` has nothing left to do. Per-run
+parameters are validated by the typed config and written into params.yaml first, as
+`dvc exp run -S` does, so the lock file records exactly what ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from hdkd.config import save_overrides
+from hdkd.layout import REPO
+
+# Stages that write to MLflow (a service that may blip) retry with back-off; the others fail fast.
+TRACKED_STAGES = {"train_teacher", "train_student", "tune", "distill", "evaluate", "compile", "register"}
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage ended with a non-zero status; the message carries the end of its output."""
+
+
+def stage_names(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
+    """The stages in the order dvc.yaml lists them (which is a valid topological order)."""
+    return list(yaml.safe_load(dvc_file.read_text())["stages"])
+
+
+def _stage_env() -> dict[str, str]:
+    """This interpreter's bin folder first on PATH: `dvc` and the stages' `python` are the project's."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+    }
+
+
+def run_dvc_stage(stage: str) -> None:
+    logger = get_run_logger()
+    tail: deque[str] = deque(maxlen=40)
+    env = _stage_env()
+    with subprocess.Popen(
+        [shutil.which("dvc", path=env["PATH"]) or "dvc", "repro", "--single-item", stage],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                logger.info("%s | %s", stage, line)
+    if process.returncode != 0:
+        lines = list(tail)
+        # The stage's own `error:` message and what follows it (e.g. GX's failed expectations).
+        first = next((i for i, line in enumerate(lines) if line.startswith("error:")), max(len(lines) - 10, 0))
+        raise StageFailed(f"stage {stage!r} failed: " + "\n".join(lines[first:]))
+
+
+def _stage_task(stage: str) -> Any:
+    retries = 2 if stage in TRACKED_STAGES else 0
+    return task(name=stage, retries=retries, retry_delay_seconds=[5, 30])(run_dvc_stage)
+
+
+def _summary_markdown() -> str:
+    lines = ["# HDKD run", ""]
+    evaluation = REPO.metrics / "evaluate.json"
+    if evaluation.is_file():
+        rows = json.loads(evaluation.read_text())
+        keys = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece"]
+        lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for model, metrics in rows.items():
+            cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else "-" for k in keys]
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    registry = REPO.reports / "registry.json"
+    if registry.is_file():
+        lines += ["", "## Registered models", ""]
+        for name, entry in json.loads(registry.read_text()).items():
+            lines.append(f"- `models:/{name}/{entry['version']}` ({', '.join(entry['aliases'])})")
+    for kind in ("teacher", "student", "distilled"):
+        logged = REPO.logged_model(kind)
+        if logged.is_file():
+            lines.append(f"- {kind}: MLflow run `{json.loads(logged.read_text())['run_id']}`")
+    return "\n".join(lines)
+
+
+@flow(name="hdkd", log_prints=True)
+def hdkd(
+    data_source: str | None = None,
+    data_path: str | None = None,
+    preset: str | None = None,
+    epochs: int | None = None,
+    tune_trials: int | None = None,
+    compile_targets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[str]:
+    """Run the whole chain; arguments override params.yaml for this run (and are recorded there)."""
+    chosen = dict(overrides or {})
+    named = {
+        "data.source": data_source,
+        "data.path": data_path,
+        "model.preset": preset,
+        "tune.n_trials": tune_trials,
+        "compile.targets": compile_targets,
+    }
+    chosen.update({key: value for key, value in named.items() if value is not None})
+    if epochs is not None:
+        chosen.update({f"{section}.epochs": epochs for section in ("teacher", "student", "distill")})
+    if chosen:
+        save_overrides("params.yaml", chosen)
+        get_run_logger().info("params.yaml overrides for this run: %s", chosen)
+    stages = stage_names()
+    for stage in stages:
+        _stage_task(stage)(stage)
+    create_markdown_artifact(key="hdkd-summary", markdown=_summary_markdown(), description="HDKD comparison")
+    return stages
