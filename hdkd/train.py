@@ -105,7 +105,7 @@ def train(
         kind, params.model.preset, num_classes=len(classes), block=params.model.block, img_size=params.data.image_size
     )
     section = train_params_for(params, kind)
-    loader_args = {
+    loader_args: dict[str, Any] = {
         "image_size": params.data.image_size,
         "batch_size": section.batch_size,
         "num_workers": params.data.num_workers,
@@ -124,9 +124,11 @@ def train(
         progress=progress,
         world=world,
     )
-    sampler = None
+    sampler: DistributedSampler | None = None
     if world.distributed:
-        sampler = DistributedSampler(range(len(train_split)), world.size, world.rank, shuffle=True, seed=params.seed)
+        # The sampler needs only the length; a range stands in for the dataset make_loader builds.
+        indices: Any = range(len(train_split))
+        sampler = DistributedSampler(indices, world.size, world.rank, shuffle=True, seed=params.seed)
     return trainer.fit(
         make_loader(train_split, train=True, sampler=sampler, **loader_args),
         make_loader(val_split, train=False, **loader_args),

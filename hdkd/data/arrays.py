@@ -49,5 +49,5 @@ def save_split(
         labels=labels.astype(np.int64),
         classes=np.array(classes, dtype=str),
         ids=np.asarray(ids, dtype=str),
-        **extra,
+        **extra,  # type: ignore[arg-type]  # numpy's stubs type **kwds as bool
     )

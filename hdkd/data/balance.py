@@ -33,7 +33,7 @@ def class_targets(counts: dict[str, int], targets: str | dict[str, int]) -> dict
 
     A target below a class's current count is an error: SMOTE only adds images.
     """
-    if targets == "auto":
+    if not isinstance(targets, dict):  # "auto"
         top = max(counts.values())
         return dict.fromkeys(counts, top)
     unknown = sorted(set(targets) - set(counts))

@@ -109,7 +109,7 @@ def ingest(params: Params, out_dir: str | Path) -> pd.DataFrame:
     with atomic_dir(out_dir) as tmp:
         for record in tqdm([r for r in source.records if r.image is not None], desc="ingest", unit="img"):
             try:
-                pixels, (width, height) = load_image(record.image, size)
+                pixels, (width, height) = load_image(record.image, size)  # type: ignore[arg-type]  # filtered above
             except BadImage as error:
                 where = _where(record)
                 if policy == "error":

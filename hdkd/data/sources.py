@@ -168,8 +168,8 @@ def _ham10000(root: Path) -> Source:
     # The Kaggle copy ships each image twice (HAM10000_images_part_1 and ham10000_images_part_1):
     # the first path in sorted order wins.
     by_stem: dict[str, Path] = {}
-    for path in _image_files(root):
-        by_stem.setdefault(path.stem, path)
+    for image_file in _image_files(root):
+        by_stem.setdefault(image_file.stem, image_file)
     csv_name = csv.relative_to(root).as_posix()
     records = []
     for line, row in enumerate(meta.itertuples(index=False), start=2):

@@ -70,11 +70,11 @@ def generate(n: int, size: int, seed: int) -> SyntheticSet:
     for ci, name in enumerate(HAM_CLASSES):
         need = counts[name]
         while need > 0:
-            views = min(need, int(rng.choice(_VIEWS_PER_LESION, p=_VIEWS_P)))
-            lesion_of_image += [len(lesion_class)] * views
+            count = min(need, int(rng.choice(_VIEWS_PER_LESION, p=_VIEWS_P)))
+            lesion_of_image += [len(lesion_class)] * count
             lesion_class.append(ci)
-            labels += [name] * views
-            need -= views
+            labels += [name] * count
+            need -= count
     lesions = _draw_lesions(np.array(lesion_class), rng)
     views = _draw_views(np.array(lesion_of_image), lesions, size, rng)
 

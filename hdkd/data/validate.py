@@ -35,7 +35,7 @@ def build_suite(classes: list[str], min_per_class: int) -> Any:
     from great_expectations.expectations.row_conditions import Column
 
     suite = gx.ExpectationSuite(name=SUITE)
-    expectations = [gxe.ExpectColumnToExist(column=c) for c in MANIFEST_COLUMNS]
+    expectations: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in MANIFEST_COLUMNS]
     expectations += [
         gxe.ExpectColumnValuesToNotBeNull(column="label"),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
