@@ -113,8 +113,9 @@ class TuneParams(_Strict):
     epochs: int = Field(3, ge=1)
     workers: int = Field(1, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
-    startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space and the median pruner acts
-    warmup_epochs: int = Field(1, ge=0)  # epochs every trial runs before the median pruner may stop it
+    sampler_startup_trials: int = Field(4, ge=0)  # random trials before TPE models the space
+    pruner_startup_trials: int = Field(2, ge=0)  # complete trials before the median pruner compares
+    pruner_warmup_epochs: int = Field(1, ge=0)  # epochs every trial runs before the median pruner may stop it
     space: dict[str, FloatRange | Choice] = Field(default_factory=dict)
 
     @model_validator(mode="after")
