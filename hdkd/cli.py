@@ -182,3 +182,41 @@ def main() -> None:
     except HDKDError as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
         raise SystemExit(1) from None
+
+
+@app.command()
+def tune(
+    workers: Annotated[int | None, typer.Option(help="worker processes here (default: tune.workers)")] = None,
+    join: Annotated[
+        bool, typer.Option(help="only add workers to the study `hdkd tune` prepared (e.g. on another machine)")
+    ] = False,
+    first_worker: Annotated[
+        int | None, typer.Option(help="with --join: number of the first worker here (seeds are seed + number)")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tune.n_trials=20")] = None,
+) -> None:
+    """Optuna study over the distill hyper-parameters: queue trials up to tune.n_trials, run workers, report."""
+    import yaml
+
+    from hdkd.config import load_params
+    from hdkd.tune import run_workers, tune_stage
+
+    overrides = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+        overrides[key] = yaml.safe_load(value)
+    loaded = load_params(params, overrides)
+    if not join:
+        tune_stage(loaded, workers=workers)
+        return
+    if first_worker is None:
+        raise typer.BadParameter(
+            "give this machine's workers their own numbers, e.g. --first-worker 2 when the first machine runs 2",
+            param_hint="--first-worker",
+        )
+    count = workers or loaded.tune.workers
+    ran = run_workers(loaded, count, first_worker=first_worker)
+    console.print(f"tune: {ran} trial(s) run by {count} worker(s) joined to {loaded.tune.study_name!r}")
