@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -108,6 +109,23 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
             )
         console.print(table)
         console.print(comparison_sentence(rows))
+    tuned = reports / "metrics" / "tune.json"
+    if tuned.is_file() and (study := json.loads(tuned.read_text())).get("enabled", True):
+        console.print(
+            f"tune: best val macro-F1 {study['best_value']:.3f} (trial {study['best_trial']}) of {study['n_trials']} "
+            f"trials, {study['n_pruned']} pruned; distill used its settings (reports/tune/best_params.json)"
+        )
+    compiled = reports / "metrics" / "compile.json"
+    if compiled.is_file():
+        built = json.loads(compiled.read_text())
+        for name, entry in built.items():
+            if isinstance(entry, dict) and entry.get("status") == "skipped":
+                console.print(f"compile: {name} skipped ({entry['reason']})")
+            elif isinstance(entry, dict) and "speedup_b1" in entry and name != "eager":
+                console.print(
+                    f"compile: {name} parity max |diff| {entry['max_abs_diff']:.1e}, top-1 agreement "
+                    f"{entry['top1_agreement']:.1%}, batch 1 {entry['speedup_b1']:.2f}x eager"
+                )
     registry = reports / "registry.json"
     if registry.is_file():
         for name, entry in json.loads(registry.read_text()).items():
@@ -151,7 +169,7 @@ def predict(
     for item in predict_files(predictor, paths):
         if item.result is None:
             failed += 1
-            errors.print(f"[red]error:[/red] {item.error}", highlight=False)
+            errors.print(f"[red]error:[/red] {escape(str(item.error))}", highlight=False)
             continue
         done += 1
         if json_output:
@@ -180,7 +198,9 @@ def main() -> None:
     try:
         app()
     except HDKDError as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        # One line whatever the terminal width (Rich wraps at 80 columns when stderr is a pipe), and the
+        # message as written: a path like `scans[v2]` is not Rich markup.
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise SystemExit(1) from None
 
 
@@ -200,7 +220,7 @@ def tune(
     import yaml
 
     from hdkd.config import load_params
-    from hdkd.tune import run_workers, tune_stage
+    from hdkd.tune import run_workers, study_name, tune_stage
 
     overrides = {}
     for item in set_ or []:
@@ -219,4 +239,4 @@ def tune(
         )
     count = workers or loaded.tune.workers
     ran = run_workers(loaded, count, first_worker=first_worker)
-    console.print(f"tune: {ran} trial(s) run by {count} worker(s) joined to {loaded.tune.study_name!r}")
+    console.print(f"tune: {ran} trial(s) run by {count} worker(s) joined to {study_name(loaded)!r}")

@@ -4,11 +4,17 @@ Every new version gets the alias `challenger`; `champion` is given automatically
 first version of a model. After that a person promotes, in the MLflow UI (set the alias
 `champion` on a version) or with `hdkd promote NAME VERSION`. Compile, predict and serve load
 `models:/<name>@champion`.
+
+`hdkd-student` is registered as the serving pyfunc (image bytes or arrays in, class and
+probabilities out) logged into the distill run, with the compiled artifacts of models/compiled
+uploaded to that run and described in tags on the version. The teacher and the baseline are
+registered as the PyTorch models their training runs logged.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -17,8 +23,10 @@ from mlflow.exceptions import MlflowException
 
 from hdkd.config import Params
 from hdkd.errors import HDKDError
+from hdkd.export import MANIFEST
 from hdkd.io import write_json
 from hdkd.layout import REPO, Layout
+from hdkd.serving import log_compiled_artifacts, log_student_pyfunc
 from hdkd.tracking import setup_tracking
 
 REGISTERED_NAMES = {"teacher": "hdkd-teacher", "distilled": "hdkd-student", "student": "hdkd-student-baseline"}
@@ -46,6 +54,19 @@ def register_version(client: MlflowClient, name: str, model_uri: str, tags: dict
     return {"version": int(version.version), "aliases": sorted(aliases), "source": model_uri}
 
 
+def compiled_dir(layout: Layout) -> Path | None:
+    """models/compiled when the compile stage built it (it is optional for registering)."""
+    folder = layout.models / "compiled"
+    return folder if (folder / MANIFEST).is_file() else None
+
+
+def log_serving_model(run_id: str, layout: Layout) -> str:
+    """Log the HDKD student's serving pyfunc (with the compiled artifacts) into its training run."""
+    with mlflow.start_run(run_id=run_id):
+        info = log_student_pyfunc(layout.checkpoint("distilled"), compiled_dir(layout), name="serving")
+    return str(info.model_uri)
+
+
 def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     """Register the teacher, the HDKD student and the plain student from their training runs."""
     setup_tracking(params)
@@ -53,6 +74,7 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     registered: dict[str, Any] = {}
     for kind, name in REGISTERED_NAMES.items():
         logged = json.loads(layout.logged_model(kind).read_text())
+        model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
         metrics = json.loads((layout.metrics / f"{kind}.json").read_text())
         tags = {
             "kind": kind,
@@ -60,7 +82,9 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
             "run_id": logged["run_id"],
             "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
         }
-        registered[name] = register_version(client, name, logged["model_uri"], tags)
+        registered[name] = register_version(client, name, model_uri, tags)
+        if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:
+            log_compiled_artifacts(compiled, logged["run_id"], name, registered[name]["version"])
         print(f"registered {name} version {registered[name]['version']} ({', '.join(registered[name]['aliases'])})")
     write_json(layout.reports / "registry.json", registered)
     return registered

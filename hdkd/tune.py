@@ -8,6 +8,12 @@ WAITING -> RUNNING transition, atomic under `SELECT ... FOR UPDATE` on PostgreSQ
 SQLite the transaction takes the write lock at BEGIN (see `_serialise_sqlite`) for the same
 effect. A worker stops when the queue is empty (or after `tune.timeout`).
 
+Inputs. A trial's value depends on the teacher, the data and the fixed settings, so the study in
+storage is named after them: `study_name(params)` is `tune.study_name` plus a digest of those inputs.
+A rerun with the same inputs extends the same study; after the data or the teacher changed, the
+stage starts a new study instead of mixing incomparable trials; a worker joining from another
+machine finds the study only if it holds the same teacher and data.
+
 Interruptions. Workers record Optuna heartbeats; the trial of a killed worker goes stale, is
 failed and re-queued with the same parameters (`RetryHeartbeatStaleTrialCallback`), and so is a
 trial stopped by Ctrl-C. Such interrupted trials do not use up the budget: a rerun finishes the
@@ -17,6 +23,7 @@ queue and keeps every finished trial.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -46,7 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hdkd.config import Choice, DistillParams, FloatRange, Params, TuneParams
 from hdkd.engine import Callback
 from hdkd.errors import HDKDError
-from hdkd.io import atomic_path, write_json
+from hdkd.io import atomic_path, sha256_file, write_json
 from hdkd.layout import REPO, Layout
 from hdkd.tracking import MlflowCallback, flat_params, stage_run, tracking_uri
 
@@ -124,12 +131,33 @@ def budget_used(trials: list[FrozenTrial]) -> int:
     return len(trials) - len(retried)
 
 
-def prepare_study(params: Params) -> tuple[optuna.Study, int]:
+def study_name(params: Params, layout: Layout = REPO) -> str:
+    """`tune.study_name` + a digest of what a trial's value depends on besides the searched keys."""
+    fixed = params.distill.model_dump(exclude={"epochs", *params.tune.space})
+    inputs = {
+        "files": {
+            name: sha256_file(path)
+            for name, path in (
+                ("teacher", layout.checkpoint("teacher")),
+                ("train", layout.balanced / "train.npz"),
+                ("val", layout.split / "val.npz"),
+            )
+        },
+        "distill": fixed,
+        "model": params.model.model_dump(),
+        "image_size": params.data.image_size,
+        "epochs": params.tune.epochs,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return f"{params.tune.study_name}-{digest[:8]}"
+
+
+def prepare_study(params: Params, layout: Layout = REPO) -> tuple[optuna.Study, int]:
     """Create (or load) the study and queue the trials still missing from `n_trials`; run once,
     before any worker starts. Returns the study and how many trials it queued."""
     study = optuna.create_study(
         storage=open_storage(params.tune.storage),
-        study_name=params.tune.study_name,
+        study_name=study_name(params, layout),
         direction="maximize",
         load_if_exists=True,
     )
@@ -194,12 +222,13 @@ def with_distill(params: Params, values: dict[str, Any]) -> Params:
 
 
 class _ReportAndPrune(Callback):
-    def __init__(self, trial: Trial):
-        self.trial = trial
+    def __init__(self, trial: Trial, epochs: int):
+        self.trial, self.epochs = trial, epochs
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.trial.report(metrics[OBJECTIVE], epoch)
-        if self.trial.should_prune():
+        # After the last epoch there is nothing left to save: the trial is complete, whatever its rank.
+        if epoch + 1 < self.epochs and self.trial.should_prune():
             raise optuna.TrialPruned(
                 f"epoch {epoch + 1}: {OBJECTIVE} {metrics[OBJECTIVE]:.4f} is below the pruner's bar"
             )
@@ -251,7 +280,7 @@ def _run_trial(
     tags = {
         MLFLOW_PARENT_RUN_ID: parent_run_id,
         "stage": "tune",
-        "optuna.study": params.tune.study_name,
+        "optuna.study": study.study_name,
         "optuna.trial": str(trial.number),
         "tune.worker": str(worker),
     }
@@ -269,7 +298,7 @@ def _run_trial(
                 layout.split / "val.npz",
                 out,
                 layout.checkpoint("teacher"),
-                callbacks=[MlflowCallback(run_id), _ReportAndPrune(trial)],
+                callbacks=[MlflowCallback(run_id), _ReportAndPrune(trial, params.tune.epochs)],
                 progress=False,
             )
         state, value = TrialState.COMPLETE, result.best_score
@@ -312,25 +341,26 @@ def run_worker(
         torch.set_num_threads(threads)
         params = params.model_copy(update={"data": params.data.model_copy(update={"num_workers": 0})})
     storage = open_storage(params.tune.storage)
+    name = study_name(params, layout)
     try:
         study = optuna.load_study(
-            study_name=params.tune.study_name,
+            study_name=name,
             storage=storage,
             sampler=make_sampler(params, worker),
             pruner=make_pruner(params.tune),
         )
     except KeyError:
         raise TuneError(
-            f"study {params.tune.study_name!r} is not in {_masked(params.tune.storage)}: start `hdkd tune` "
-            "(it creates the study and queues its trials) before joining workers"
+            f"study {name!r} is not in {_masked(params.tune.storage)}: start `hdkd tune` (it creates the study "
+            "and queues its trials) before joining workers, with the same teacher, data and params here"
         ) from None
     parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
     if parent_run_id is None:
-        raise TuneError(f"study {params.tune.study_name!r} has no MLflow tune run yet: start `hdkd tune` first")
+        raise TuneError(f"study {name!r} has no MLflow tune run yet: start `hdkd tune` first")
     mlflow.set_tracking_uri(tracking_uri(params))
     client = MlflowClient()
     run = (client, client.get_run(parent_run_id).info.experiment_id, parent_run_id)
-    study_id = storage.get_study_id_from_name(params.tune.study_name)
+    study_id = storage.get_study_id_from_name(name)
     deadline = None if params.tune.timeout is None else time.monotonic() + params.tune.timeout
     done = 0
     while deadline is None or time.monotonic() < deadline:
@@ -473,7 +503,7 @@ def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None
     inputs = [layout.balanced / "train.npz", layout.split / "val.npz", layout.checkpoint("teacher")]
     if missing := [str(path) for path in inputs if not path.is_file()]:
         raise TuneError(f"tune needs {', '.join(missing)}: run the stages before it first (dvc repro train_teacher)")
-    study, queued = prepare_study(params)
+    study, queued = prepare_study(params, layout)
     with stage_run(params, "tune", manifest=layout.balanced / "manifest.csv") as run:
         mlflow.log_params(
             {
@@ -482,7 +512,7 @@ def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None
             }
         )
         study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-        print(f"tune: study {params.tune.study_name!r} in {_masked(params.tune.storage)}, {queued} trial(s) queued")
+        print(f"tune: study {study.study_name!r} in {_masked(params.tune.storage)}, {queued} trial(s) queued")
         began = time.perf_counter()
         ran = run_workers(params, workers or params.tune.workers, layout, run.info.run_id)
         _wait_for_other_workers(study)
@@ -491,7 +521,7 @@ def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None
             best_params_path(layout),
             {
                 "enabled": True,
-                "study_name": params.tune.study_name,
+                "study_name": study.study_name,
                 "overrides": best_overrides(study),
                 **{key: summary[key] for key in ("best_value", "best_trial", "n_trials", "n_pruned")},
             },

@@ -4,6 +4,7 @@ PostgreSQL server started here), real pruning, optuna-dashboard's HTTP API, nest
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -27,7 +28,9 @@ from hdkd.tune import (
     best_params_path,
     open_storage,
     run_worker,
+    study_name,
     tune_stage,
+    with_distill,
 )
 from tests.conftest import toy_images
 from tests.pg import postgres_server
@@ -107,7 +110,7 @@ def check_exact_study(
     params: Params, layout: Layout, n_trials: int, workers: set[str]
 ) -> list[optuna.trial.FrozenTrial]:
     """Exactly `n_trials` trials, each run once (one MLflow child run), finished, no duplicate parameters."""
-    study = optuna.load_study(study_name=params.tune.study_name, storage=params.tune.storage)
+    study = optuna.load_study(study_name=study_name(params, layout), storage=params.tune.storage)
     trials = study.get_trials()
     assert [t.number for t in trials] == list(range(n_trials))
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}, [t.state for t in trials]
@@ -117,7 +120,7 @@ def check_exact_study(
     client = mlflow.MlflowClient()
     latest = client.get_run(study.user_attrs[PARENT_RUN_ATTR])  # the tune run of the last rerun
     children = client.search_runs(
-        [latest.info.experiment_id], filter_string=f"tags.`optuna.study` = '{params.tune.study_name}'"
+        [latest.info.experiment_id], filter_string=f"tags.`optuna.study` = '{study.study_name}'"
     )
     by_number = {int(run.data.tags["optuna.trial"]): run for run in children}
     assert len(children) == len(by_number) == n_trials  # a trial claimed twice would have two runs
@@ -192,7 +195,7 @@ def pruned_study(workspace, tmp_path_factory) -> tuple[Params, dict]:
 
 def test_median_pruner_stops_bad_trials(pruned_study):
     params, best = pruned_study
-    trials = optuna.load_study(study_name=params.tune.study_name, storage=params.tune.storage).trials
+    trials = optuna.load_study(study_name=best["study_name"], storage=params.tune.storage).trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.params, t.state, t.intermediate_values) for t in trials]
     assert all(t.intermediate_values and t.params["lr"] == 1e-7 for t in pruned)
@@ -205,7 +208,7 @@ class _Quiet(WSGIRequestHandler):
 
 
 def test_dashboard_serves_trials_and_intermediate_values(pruned_study):
-    params, _ = pruned_study
+    params, best = pruned_study
     server = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(params.tune.storage), handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -213,13 +216,13 @@ def test_dashboard_serves_trials_and_intermediate_values(pruned_study):
     try:
         with urllib.request.urlopen(base, timeout=30) as response:
             summaries = json.load(response)["study_summaries"]
-        (study_id,) = [s["study_id"] for s in summaries if s["study_name"] == params.tune.study_name]
+        (study_id,) = [s["study_id"] for s in summaries if s["study_name"] == best["study_name"]]
         with urllib.request.urlopen(f"{base}/{study_id}?after=0", timeout=30) as response:
             served = {t["number"]: t for t in json.load(response)["trials"]}
     finally:
         server.shutdown()
         thread.join()
-    study = optuna.load_study(study_name=params.tune.study_name, storage=params.tune.storage)
+    study = optuna.load_study(study_name=best["study_name"], storage=params.tune.storage)
     assert sorted(served) == [t.number for t in study.trials]
     for trial in study.trials:
         shown = served[trial.number]
@@ -283,18 +286,38 @@ def test_empty_space_and_missing_inputs_are_clear_errors(tmp_path):
         tune_stage(make_params("sqlite://"), Layout(tmp_path))
 
 
-def test_budget_counts_requeued_interruptions_once(tmp_path):
+def test_budget_counts_requeued_interruptions_once(workspace, tmp_path):
     """A trial interrupted and re-queued (Optuna's retry callback) is not counted twice."""
     params = make_params(f"sqlite:///{tmp_path}/optuna.db", n_trials=3)
     from hdkd.tune import budget_used, prepare_study
 
-    study, queued = prepare_study(params)
+    study, queued = prepare_study(params, workspace)
     assert queued == 3 and budget_used(study.trials) == 3
     storage = open_storage(params.tune.storage)
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("hdkd-distill"), 0)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), 0)
     assert storage.set_trial_state_values(trial_id, TrialState.RUNNING)
     assert storage.set_trial_state_values(trial_id, TrialState.FAIL)
     optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
     assert len(study.trials) == 4 and budget_used(study.trials) == 3
-    _, queued = prepare_study(params)
+    _, queued = prepare_study(params, workspace)
     assert queued == 0 and len(study.trials) == 4
+
+
+def test_the_study_is_named_after_its_inputs(workspace, tmp_path):
+    """Same teacher, data and fixed settings: the same study (reruns extend it); other inputs: a new one."""
+    params = make_params("sqlite://")
+    name = study_name(params, workspace)
+    assert name.startswith(f"{params.tune.study_name}-")
+    more_trials = params.model_copy(update={"tune": params.tune.model_copy(update={"n_trials": 50})})
+    searched_key_moved = with_distill(params, {"lr": 0.5, "epochs": 99})  # lr is searched, epochs unused by trials
+    assert study_name(more_trials, workspace) == study_name(searched_key_moved, workspace) == name
+    assert study_name(with_distill(params, {"batch_size": 8}), workspace) != name
+
+    other = Layout(tmp_path)
+    for path in (workspace.checkpoint("teacher"), workspace.balanced / "train.npz", workspace.split / "val.npz"):
+        target = other.root / path.relative_to(workspace.root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    assert study_name(params, other) == name
+    other.checkpoint("teacher").write_bytes(other.checkpoint("teacher").read_bytes() + b"\0")
+    assert study_name(params, other) != name
