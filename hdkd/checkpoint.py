@@ -4,6 +4,7 @@ matched key for key against the model."""
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,44 @@ class CheckpointError(HDKDError, ValueError):
     """A checkpoint that cannot be trusted or does not fit the model."""
 
 
+_REMEDY = "use a best.pt or last.pt written by `hdkd train` or the training stages"
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write atomically: a kill during the write leaves the previous file intact."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
+def _unsafe_globals(path: Path) -> str:
+    """What a refused checkpoint would call on load, read statically from its pickle (nothing is run)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, pickle.UnpicklingError):
+        names = []
+    return ", ".join(names) or "objects other than tensors and plain values"
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    # torch.save (and so save_checkpoint) writes a zip archive: anything else is damaged or another format,
+    # refused before torch's legacy loader guesses at it (a text file made it raise a bare KeyError).
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (empty, truncated or another format); {_REMEDY}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain values "
-            f"(weights_only=True). Only load checkpoints you trust. Detail: {str(error).splitlines()[0]}"
+            f"{path}: refused to load: it holds {_unsafe_globals(path)}, which weights_only=True loading never "
+            "runs; only load checkpoints you trust"
         ) from None
     except (RuntimeError, EOFError) as error:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason}); {_REMEDY}") from None
     if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{path}: not an HDKD checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path}: not an HDKD checkpoint (no 'model' entry); {_REMEDY}")
     return payload
 
 

@@ -57,6 +57,7 @@ def train(
     import yaml
 
     from hdkd.config import load_params
+    from hdkd.distributed import share_cores
     from hdkd.train import train as train_model
 
     overrides = {}
@@ -65,7 +66,9 @@ def train(
         if not sep:
             raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
         overrides[key] = yaml.safe_load(value)
-    result = train_model(load_params(params, overrides), kind, train_data, val_data, out, teacher, resume)
+    loaded = load_params(params, overrides)
+    share_cores(loaded.data.num_workers)
+    result = train_model(loaded, kind, train_data, val_data, out, teacher, resume)
     console.print(
         f"{kind}: best validation macro-F1 {result.best_score:.4f} at epoch {result.best_epoch + 1} "
         f"-> {result.best_path}"

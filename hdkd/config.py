@@ -204,7 +204,15 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        where = getattr(error, "problem_mark", None)  # where PyYAML stopped; None for an undecodable file
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        reason = getattr(error, "problem", None) or error
+        raise ConfigError(
+            f"{path}: not valid YAML{at} ({reason}); it must be UTF-8 text of `section:` blocks indented with spaces"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     for dotted, value in (overrides or {}).items():

@@ -71,3 +71,15 @@ def sync_buffers(module: torch.nn.Module) -> None:
     if dist.is_initialized():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def share_cores(loader_workers: int) -> int:
+    """Give the training process the cores the DataLoader workers leave free; returns its thread count.
+
+    OpenMP threads spin while they wait, so threads that outnumber the free cores wreck a step: a
+    tiny-teacher step took 9.8 s with 2 threads on 2 busy cores and 0.3 s with 1 (see
+    benchmarks/epoch_threads.py). An explicit OMP_NUM_THREADS (torchrun sets one per rank) is kept.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - loader_workers))
+    return torch.get_num_threads()

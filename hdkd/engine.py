@@ -5,7 +5,9 @@ both networks return their stage maps from the same pass that makes the logits.
 
 Reproducibility: every epoch starts by seeding python, numpy and torch from `(seed, epoch)`,
 so the shuffle, the augmentation and dropout of an epoch depend on nothing else. A run resumed
-from its last checkpoint therefore reaches the same weights as one that never stopped.
+from its last checkpoint therefore reaches the same weights as one that never stopped. `last.pt`
+records the run's identity (seed, settings, model, world size and whatever the caller adds, such
+as data hashes), and only a run with the same identity continues it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,6 +39,20 @@ from hdkd.models.fuse import prepare_teacher
 
 SELECTION_METRIC = "macro_f1"  # imbalanced medical classes: accuracy would reward predicting `nv`
 
+# True: continue `last.pt`, failing if it is another run's (an explicit request). "unfinished": continue
+# it only if it is an unfinished run of this very job, else say why and train from scratch (a stage rerun).
+Resume = bool | Literal["unfinished"]
+
+# What a differing identity entry means, said after the checkpoint's path.
+_MISMATCH = {
+    "seed": "was written with other training settings or seed",
+    "train_params": "was written with other training settings or seed",
+    "meta": "is for another model (kind, preset, block, image size or classes)",
+    "world_size": "is from a run with another number of processes",
+    "data": "is from other data",
+    "teacher": "was distilled from another teacher",
+}
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -46,6 +62,9 @@ def seed_everything(seed: int) -> None:
 
 class Callback:
     """Hooks for tracking, pruning or early stopping; the loop never needs to know which."""
+
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """Called once when a run continues from `last.pt`, with the metrics of the epochs it restored."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """Called after validation; raising here stops the run (e.g. `optuna.TrialPruned`)."""
@@ -108,8 +127,10 @@ def build_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.
 class Trainer:
     """Trains `model` of `kind` (`teacher`, `student` or `distilled`) with checkpoints in `out_dir`.
 
-    `last.pt` (every epoch) holds model, optimizer, scheduler, epoch and history; `best.pt`
-    holds the weights of the epoch with the best validation macro-F1, never chosen on test.
+    `last.pt` (every epoch) holds model, optimizer, scheduler, epoch, history and the run's identity;
+    `best.pt` holds the weights of the epoch with the best validation macro-F1, never chosen on test.
+    `identity` adds to seed, settings, model meta and world size what else makes this run this run
+    (e.g. data hashes): `last.pt` of another identity is never continued.
     """
 
     def __init__(
@@ -126,6 +147,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         progress: bool = True,
         world: World = SINGLE,
+        identity: dict[str, Any] | None = None,
     ):
         if kind == "distilled":
             if teacher is None:
@@ -153,6 +175,13 @@ class Trainer:
         self.progress = progress and world.is_main
         self.optimizer, self.scheduler = build_optimizer(model, params)
         self.best_path, self.last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
+        self.identity: dict[str, Any] = {
+            "seed": seed,
+            "train_params": params.model_dump(),
+            "meta": self.meta,
+            "world_size": world.size,  # the sampler shards epochs by world size: another size, other weights
+            **(identity or {}),
+        }
 
     def _loss(
         self, images: torch.Tensor, labels: torch.Tensor
@@ -216,32 +245,61 @@ class Trainer:
                 "best_epoch": best_epoch,
                 "best_score": best_score,
                 "history": history,
-                "seed": self.seed,
-                "train_params": self.params.model_dump(),
+                "identity": self.identity,
                 "meta": self.meta,
             },
         )
 
-    def _resume(self) -> tuple[int, int, float, list[dict[str, float]]]:
-        state = load_checkpoint(self.last_path)
-        if state.get("train_params") != self.params.model_dump() or state.get("seed") != self.seed:
-            raise CheckpointError(
-                f"{self.last_path}: written with other training settings or seed; delete it or run without resume"
-            )
+    def _not_resumable(self, state: dict[str, Any], strict: bool) -> str | None:
+        """Why the loaded `last.pt` cannot be continued by this run (said after its path), or None."""
+        saved = state.get("identity")
+        if not isinstance(saved, dict):
+            return "has no run identity (written by an older hdkd)"
+        for key in {**self.identity, **saved}:
+            if saved.get(key) != self.identity.get(key):
+                return _MISMATCH.get(key, f"differs in {key!r}")
+        if not strict and state["epoch"] + 1 >= self.params.epochs:
+            # DVC reruns a finished stage only because something changed: train afresh.
+            return "is from a finished run"
+        if not self.best_path.is_file():
+            return f"has no {self.best_path.name} beside it"
+        return None
+
+    def _resume(self, strict: bool) -> tuple[int, int, float, list[dict[str, float]]] | None:
+        """Restore `last.pt` into model, optimizer and scheduler: (next epoch, best epoch, best score,
+        history). If it cannot be continued: raise when `strict`, else say why and return None."""
+        try:
+            state = load_checkpoint(self.last_path)
+            reason = self._not_resumable(state, strict)
+        except CheckpointError as error:
+            if strict:
+                raise
+            reason = f"cannot be read ({error})"
+        if reason is not None:
+            if strict:
+                raise CheckpointError(f"{self.last_path} {reason}; delete it or run without resume")
+            if self.world.is_main:
+                print(f"{self.kind}: {self.last_path} {reason}; training from scratch")
+            return None
         load_model_state(self.net, state["model"], self.last_path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         return state["epoch"] + 1, state["best_epoch"], state["best_score"], state["history"]
 
-    def fit(self, train_loader: DataLoader, val_loader: DataLoader, resume: bool = False) -> FitResult:
+    def fit(self, train_loader: DataLoader, val_loader: DataLoader, resume: Resume = False) -> FitResult:
+        """Train every epoch not yet done; `resume` (see `Resume`) continues from `last.pt` if there is one."""
         if self.teacher is not None:
             self.teacher.to(self.device)
         history: list[dict[str, float]] = []
         start, best_epoch, best_score = 0, -1, -math.inf
-        if resume and self.last_path.is_file():
-            start, best_epoch, best_score, history = self._resume()
-            print(f"{self.kind}: resuming at epoch {start + 1}/{self.params.epochs} from {self.last_path}")
+        restored = self._resume(strict=resume is True) if resume and self.last_path.is_file() else None
+        if restored is not None:
+            start, best_epoch, best_score, history = restored
+            if self.world.is_main:
+                print(f"{self.kind}: resuming at epoch {start + 1}/{self.params.epochs} from {self.last_path}")
+            for callback in self.callbacks:
+                callback.on_resume(history)
         for epoch in range(start, self.params.epochs):
             # Ranks differ in augmentation; DistributedSampler shards the shuffled epoch.
             seed_everything(self.seed * 1000 + epoch + 7919 * self.world.rank)

@@ -81,6 +81,9 @@ def resolve_model(spec: str | Path) -> ModelFiles:
         import mlflow
         from mlflow.exceptions import MlflowException
 
+        from hdkd.tracking import check_server
+
+        check_server(mlflow.get_tracking_uri())
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
         except MlflowException as error:

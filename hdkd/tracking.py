@@ -33,9 +33,9 @@ def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
 
 
-def setup_tracking(params: Params) -> str:
-    """Point MLflow at the store and experiment; fail fast, with the URI, if a server does not answer."""
-    uri = tracking_uri(params)
+def check_server(uri: str) -> None:
+    """Fail fast, with the URI, if a tracking server does not answer: MLflow's own client retries a refused
+    connection with back-off for about four minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, factor 2)."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):  # noqa: S310 (http(s) only)
@@ -45,6 +45,12 @@ def setup_tracking(params: Params) -> str:
                 f"MLflow tracking server {uri} does not answer ({error}); start it or set mlflow.tracking_uri "
                 "(or MLFLOW_TRACKING_URI) to a reachable server or to sqlite:///mlflow.db"
             ) from None
+
+
+def setup_tracking(params: Params) -> str:
+    """Point MLflow at the store and experiment; fail fast, with the URI, if a server does not answer."""
+    uri = tracking_uri(params)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(params.mlflow.experiment)
     return uri
@@ -85,6 +91,11 @@ class MlflowCallback(Callback):
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
+
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        # A resumed stage's run holds the whole learning curve, not only the epochs it trained.
+        for epoch, metrics in enumerate(history):
+            self.on_epoch_end(epoch, metrics)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)

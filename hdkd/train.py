@@ -16,13 +16,14 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from hdkd.config import Params, TrainParams
+from hdkd.config import ConfigError, Params, TrainParams
+from hdkd.data import DataError
 from hdkd.data.loading import SplitArrays, eval_transform, load_split, make_loader
-from hdkd.distributed import SINGLE, World, init_world, relaunch_with_torchrun, under_torchrun
-from hdkd.engine import Callback, FitResult, Trainer, seed_everything
-from hdkd.io import atomic_path, write_json
+from hdkd.distributed import SINGLE, World, init_world, relaunch_with_torchrun, share_cores, under_torchrun
+from hdkd.engine import Callback, FitResult, Resume, Trainer, seed_everything
+from hdkd.io import atomic_path, sha256_file, write_json
 from hdkd.layout import REPO, Layout
-from hdkd.models import build_model
+from hdkd.models import PRESETS, build_model
 from hdkd.tracking import MlflowCallback, flat_params, log_torch_model, stage_run
 
 
@@ -66,9 +67,22 @@ def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def _check_same_classes(train: SplitArrays, val: SplitArrays) -> None:
+def data_identity(
+    train_data: str | Path, val_data: str | Path, teacher_path: str | Path | None = None
+) -> dict[str, Any]:
+    """The bytes a run learns from, for its `last.pt` identity: a run on other data never continues it."""
+    identity: dict[str, Any] = {"data": {"train": sha256_file(train_data), "val": sha256_file(val_data)}}
+    if teacher_path is not None:
+        identity["teacher"] = sha256_file(teacher_path)
+    return identity
+
+
+def _check_same_classes(train: SplitArrays, val: SplitArrays, train_data: str | Path, val_data: str | Path) -> None:
     if list(train.classes) != list(val.classes):
-        raise ValueError(f"train and val splits name different classes: {train.classes} vs {val.classes}")
+        raise DataError(
+            f"{train_data} and {val_data} name different classes ({train.classes} vs {val.classes}); "
+            "write both with the same split stage run (dvc repro split balance)"
+        )
 
 
 def train(
@@ -78,7 +92,7 @@ def train(
     val_data: str | Path,
     out_dir: str | Path,
     teacher_path: str | Path | None = None,
-    resume: bool = False,
+    resume: Resume = False,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     world: World = SINGLE,
@@ -86,15 +100,30 @@ def train(
     """Train `kind` (`teacher`, `student` or `distilled`); checkpoints go to `out_dir`.
 
     Under torchrun (`world` from `init_world()`), each rank trains its shard of every epoch.
+    `resume`: True continues `out_dir/last.pt` or fails if it is another run's; "unfinished" continues it
+    only if it is an unfinished run of this same job (settings, seed, model, world size, data, teacher).
     """
+    if kind not in SECTION_OF_KIND:
+        raise ConfigError(f"unknown model kind {kind!r}: use one of {', '.join(SECTION_OF_KIND)}")
+    step = 8 * PRESETS[params.model.preset].patch  # the students' DFLT cuts the 1/8-scale map into patches
+    if kind != "teacher" and params.data.image_size % step:
+        raise ConfigError(
+            f"data.image_size {params.data.image_size} does not fit the {kind} at model.preset "
+            f"{params.model.preset!r}: use a multiple of {step}"
+        )
     train_split, val_split = load_split(train_data), load_split(val_data)
-    _check_same_classes(train_split, val_split)
+    _check_same_classes(train_split, val_split, train_data, val_data)
     classes = list(train_split.classes)
     teacher = None
     if kind == "distilled":
         if teacher_path is None:
-            raise ValueError("HDKD distillation needs teacher_path (the trained teacher's best.pt)")
+            raise CheckpointError("HDKD distillation needs the trained teacher: pass its best.pt (--teacher)")
         teacher, teacher_meta = load_trained(teacher_path)
+        if teacher_meta["kind"] != "teacher":
+            raise CheckpointError(
+                f"{teacher_path}: holds a {teacher_meta['kind']!r} network, not a teacher; pass the teacher's "
+                "best.pt (models/teacher/best.pt)"
+            )
         if teacher_meta["classes"] != classes or teacher_meta["preset"] != params.model.preset:
             raise CheckpointError(
                 f"{teacher_path}: teacher was trained for preset {teacher_meta['preset']!r} and classes "
@@ -123,6 +152,7 @@ def train(
         device=default_device(world),
         progress=progress,
         world=world,
+        identity=data_identity(train_data, val_data, teacher_path),
     )
     sampler: DistributedSampler | None = None
     if world.distributed:
@@ -163,16 +193,21 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     """A pipeline training stage: train `kind`, track it in MLflow, log the model, write reports.
 
     With `distributed.nproc` > 1 the stage re-runs itself under torchrun; rank 0 alone tracks and writes.
+    A stage killed mid-run resumes from its `last.pt` when rerun (dvc.yaml keeps `models/<kind>` with
+    `persist: true`), if that checkpoint is an unfinished run of this same job; else it trains afresh.
     """
     if params.distributed.nproc > 1 and not under_torchrun():
         relaunch_with_torchrun(STAGE_MODULE[kind], params.distributed.nproc)
         return json.loads((layout.metrics / f"{kind}.json").read_text())
     world = init_world()
+    share_cores(params.data.num_workers)
     train_data, val_data = layout.balanced / "train.npz", layout.split / "val.npz"
     out_dir = layout.models / kind
     teacher_path = layout.checkpoint("teacher") if kind == "distilled" else None
     if not world.is_main:
-        train(params, kind, train_data, val_data, out_dir, teacher_path, progress=False, world=world)
+        train(
+            params, kind, train_data, val_data, out_dir, teacher_path, resume="unfinished", progress=False, world=world
+        )
         return {}
     section = SECTION_OF_KIND[kind]
     with stage_run(params, f"train_{kind}", manifest=layout.balanced / "manifest.csv", kind=kind) as run:
@@ -184,6 +219,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
             val_data,
             out_dir,
             teacher_path,
+            resume="unfinished",
             callbacks=[MlflowCallback()],
             progress=progress,
             world=world,

@@ -51,6 +51,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from hdkd.config import Choice, DistillParams, FloatRange, Params, TuneParams
+from hdkd.distributed import share_cores
 from hdkd.engine import Callback
 from hdkd.errors import HDKDError
 from hdkd.io import atomic_path, sha256_file, write_json
@@ -340,6 +341,8 @@ def run_worker(
 
         torch.set_num_threads(threads)
         params = params.model_copy(update={"data": params.data.model_copy(update={"num_workers": 0})})
+    else:
+        share_cores(params.data.num_workers)
     storage = open_storage(params.tune.storage)
     name = study_name(params, layout)
     try:

@@ -5,6 +5,8 @@ Kept apart from `loading` so that split and balance do not pay for importing tor
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +27,37 @@ class SplitArrays:
         return len(self.labels)
 
 
+def read_npz(path: Path, keys: Sequence[str], remedy: str) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz file; never unpickles. Anything else is a DataError naming the file."""
+    # np.load takes a non-zip file for a pickle and a missing key for a KeyError: check both first.
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not an .npz file (not a zip archive of arrays); {remedy}")
+    arrays = {}
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            found = ", ".join(npz.files) or "none"
+            raise DataError(f"{path}: missing array(s) {', '.join(missing)} (found: {found}); {remedy}")
+        for key in keys:
+            try:
+                arrays[key] = npz[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+                # numpy refuses an object array (reading it would unpickle) with a ValueError naming allow_pickle.
+                pickled = "allow_pickle" in str(error)
+                what = "holds Python objects, which are not loaded" if pickled else f"is damaged ({error})"
+                raise DataError(f"{path}: array {key!r} {what}; {remedy}") from None
+    return arrays
+
+
 def load_split(path: str | Path) -> SplitArrays:
     """Read one split cache written by the split or balance stage."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: not found (run the split stage, then balance, first)")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in SPLIT_KEYS if k not in npz.files]
-        if missing:
-            raise DataError(f"{path}: missing array(s) {', '.join(missing)}; run the split stage again")
-        return SplitArrays(
-            images=npz["images"], labels=npz["labels"].astype(np.int64), classes=[str(c) for c in npz["classes"]]
-        )
+    arrays = read_npz(path, SPLIT_KEYS, "run the split stage again")
+    return SplitArrays(
+        images=arrays["images"], labels=arrays["labels"].astype(np.int64), classes=[str(c) for c in arrays["classes"]]
+    )
 
 
 def save_split(

@@ -82,9 +82,15 @@ def _where(record: Record) -> str:
 
 
 def _check_labels(source: Source) -> None:
-    for label in {r.label for r in source.records}:
+    labels = sorted({r.label for r in source.records})
+    for label in labels:
         if not label or label in (".", "..") or "/" in label or "\\" in label:
             raise DataError(f"class name {label!r} cannot be used as a folder name (from {source.root})")
+    if len(labels) == 1:
+        raise DataError(
+            f"{source.root}: every image is of one class ({labels[0]!r}); a classifier needs at least 2: add the "
+            "images of the other classes (imagefolder: one sub-folder per class)"
+        )
 
 
 def ingest(params: Params, out_dir: str | Path) -> pd.DataFrame:

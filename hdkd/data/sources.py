@@ -17,6 +17,7 @@ import pandas as pd
 
 from hdkd.config import Params
 from hdkd.data import SPLITS, DataError
+from hdkd.data.arrays import read_npz
 from hdkd.data.synthetic import HAM_CLASSES, generate
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -150,7 +151,9 @@ def _ham10000(root: Path) -> Source:
     try:
         meta = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except (ValueError, UnicodeDecodeError) as error:
-        raise DataError(f"{csv}: not a readable CSV ({error})") from None
+        raise DataError(
+            f"{csv}: not a readable CSV ({error}); it must be comma-separated text with a header row"
+        ) from None
     missing = [c for c in HAM_COLUMNS if c not in meta.columns]
     if missing:
         raise DataError(
@@ -164,6 +167,12 @@ def _ham10000(root: Path) -> Source:
     dup = meta["image_id"][meta["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"{csv}: image_id {dup.iloc[0]!r} is listed more than once")
+    unknown = meta.index[~meta["dx"].str.strip().isin(HAM_CLASSES)]
+    if len(unknown):
+        raise DataError(
+            f"{csv} line {unknown[0] + 2}: dx {meta['dx'][unknown[0]]!r} is not a HAM-10000 class "
+            f"({', '.join(HAM_CLASSES)}; {len(unknown)} row(s) have another); correct the metadata"
+        )
 
     # The Kaggle copy ships each image twice (HAM10000_images_part_1 and ham10000_images_part_1):
     # the first path in sorted order wins.
@@ -191,15 +200,7 @@ def _ham10000(root: Path) -> Source:
 def _medmnist(path: Path) -> Source:
     if not path.is_file():
         raise DataError(f"{path}: not a file (data.source 'medmnist' expects a MedMNIST .npz file)")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a readable .npz file ({error})") from None
-    with npz:
-        missing = [k for k in _MEDMNIST_KEYS if k not in npz.files]
-        if missing:
-            raise DataError(f"{path}: missing array(s) {', '.join(missing)} (found: {', '.join(npz.files) or 'none'})")
-        arrays = {k: npz[k] for k in _MEDMNIST_KEYS}
+    arrays = read_npz(path, _MEDMNIST_KEYS, "a MedMNIST .npz holds train_/val_/test_images and _labels")
     labels = {}
     for split in SPLITS:
         images, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
