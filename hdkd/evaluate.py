@@ -178,12 +178,17 @@ def _evaluate_one(
     picks: _Pictures,
     out: Mapping[str, Path],
     latency_repeats: int,
-) -> dict[str, Any]:
-    """Metrics, plot data, figures, complexity and (teacher, HDKD) Grad-CAM of one network."""
+    teacher_predicted: np.ndarray | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Metrics, plot data, figures, complexity and (teacher, HDKD) Grad-CAM of one network; returns the
+    report and the top-1 predictions."""
     probs, labels = predict_proba(model, loader, default_device())
     metrics = classification_metrics(probs, labels, classes)
     title = LABELS.get(name, name)
     predicted = probs.argmax(axis=1)
+    if teacher_predicted is not None:
+        # How far a student follows the teacher, right or wrong: what distillation changes first.
+        metrics["teacher_agreement"] = float(np.mean(predicted == teacher_predicted))
     _write_csv(
         out["plots/confusion"] / f"{name}.csv",
         ("actual", "predicted"),
@@ -220,7 +225,7 @@ def _evaluate_one(
         "threads": torch.get_num_threads(),
     }
     cams = _write_gradcam(name, model, picks, classes, out["gradcam"]) if name in GRADCAM_KINDS else []
-    return {
+    report = {
         "model": name,
         "classes": classes,
         "test_images": len(labels),
@@ -229,6 +234,7 @@ def _evaluate_one(
         "complexity": complexity,
         "gradcam": cams,
     }
+    return report, predicted
 
 
 def _model_rank(name: str) -> tuple[int, str]:
@@ -263,6 +269,7 @@ def summary_rows(reports_dir: str | Path) -> list[dict[str, Any]]:
                 "macs": complexity["macs"],
                 "latency_ms": complexity["latency_ms"],
                 **{key: report["metrics"][key] for key in HEADLINE},
+                "teacher_agreement": report["metrics"].get("teacher_agreement"),
                 "test_images": report["test_images"],
                 "num_classes": len(report["classes"]),
             }
@@ -318,7 +325,13 @@ def comparison_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{plain['balanced_accuracy']:.3f}, chance {chance:.3f}), so this says nothing about distillation yet."
         )
     images = round(abs(hdkd["accuracy"] - plain["accuracy"]) * hdkd["test_images"])
-    return f"{verdict}; the accuracy gap is {images} of {hdkd['test_images']} test images."
+    sentence = f"{verdict}; the accuracy gap is {images} of {hdkd['test_images']} test images."
+    if hdkd.get("teacher_agreement") is not None and plain.get("teacher_agreement") is not None:
+        sentence += (
+            f" HDKD predicts the teacher's class for {hdkd['teacher_agreement']:.1%} of the test images, "
+            f"the plain student for {plain['teacher_agreement']:.1%}."
+        )
+    return sentence
 
 
 def _summary_markdown(
@@ -409,8 +422,13 @@ def evaluate(
         )
         with contextlib.ExitStack() as stack:
             out = {folder: stack.enter_context(atomic_dir(reports_dir / folder)) for folder in OUTPUT_DIRS}
+            teacher_predicted = None
             for name, (model, meta) in networks.items():
-                report = _evaluate_one(name, model, loader, classes, size, picks, out, latency_repeats)
+                report, predicted = _evaluate_one(
+                    name, model, loader, classes, size, picks, out, latency_repeats, teacher_predicted
+                )
+                if name == "teacher":  # evaluated first (MODEL_ORDER)
+                    teacher_predicted = predicted
                 report["checkpoint"] = {
                     "path": str(models[name]),
                     "epoch": meta.get("epoch"),

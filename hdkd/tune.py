@@ -163,10 +163,24 @@ def prepare_study(params: Params, layout: Layout = REPO) -> tuple[optuna.Study, 
         load_if_exists=True,
     )
     fail_stale_trials(study)  # trials of workers killed in an earlier run go back to the queue first
-    missing = max(0, params.tune.n_trials - budget_used(study.get_trials(deepcopy=False)))
-    for _ in range(missing):
-        study.enqueue_trial({})
+    trials = study.get_trials(deepcopy=False)
+    missing = max(0, params.tune.n_trials - budget_used(trials))
+    for number in range(missing):
+        # A new study's first trial is params.yaml's own setting: the best found is then never worse,
+        # on the trials' measure, than distilling without tuning.
+        study.enqueue_trial(baseline_point(params) if number == 0 and not trials else {})
     return study, missing
+
+
+def baseline_point(params: Params) -> dict[str, Any]:
+    """The distill section's values of the searched keys, as Optuna parameters, where the space holds them."""
+    point = {}
+    for key, spec in params.tune.space.items():
+        value = getattr(params.distill, key)
+        inside = spec.low <= value <= spec.high if isinstance(spec, FloatRange) else value in spec.choices
+        if inside:
+            point[key] = _label(value)
+    return point
 
 
 def make_sampler(params: Params, worker: int) -> TPESampler:

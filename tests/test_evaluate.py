@@ -123,6 +123,14 @@ def test_teacher_accuracy_matches_an_independent_forward_pass(evaluated):
         predicted = model(batch).argmax(1).numpy()
     assert evaluated["headline"]["teacher"]["accuracy"] == pytest.approx(np.mean(predicted == split["labels"]))
 
+    # Each student's agreement with the teacher, from the same independent forward passes.
+    for name in ("student", "distilled"):
+        student, _ = load_trained(evaluated["models"][name])
+        with torch.no_grad():
+            followed = np.mean(student(batch).argmax(1).numpy() == predicted)
+        report = json.loads((evaluated["reports"] / "evaluate" / f"{name}.json").read_text())
+        assert report["metrics"]["teacher_agreement"] == pytest.approx(followed)
+
 
 def test_summary_puts_the_three_models_side_by_side(evaluated):
     rows = summary_rows(evaluated["reports"])
@@ -199,6 +207,12 @@ def test_comparison_says_plainly_when_hdkd_did_not_beat_the_plain_student():
     sentence = comparison_sentence([{**student, **common}, {**hdkd, **common}])
     assert sentence.startswith("HDKD did not beat the plain student on this data")
     assert sentence.endswith("the accuracy gap is 4 of 100 test images.")
+    agreeing = comparison_sentence(
+        [{**student, **common, "teacher_agreement": 0.5}, {**hdkd, **common, "teacher_agreement": 0.875}]
+    )
+    assert agreeing.endswith(
+        "HDKD predicts the teacher's class for 87.5% of the test images, the plain student for 50.0%."
+    )
     better = comparison_sentence([{**student, **common}, {**hdkd, **common, "macro_f1": 0.65}])
     assert better.startswith("HDKD beat the plain student")
 

@@ -293,6 +293,11 @@ def test_budget_counts_requeued_interruptions_once(workspace, tmp_path):
 
     study, queued = prepare_study(params, workspace)
     assert queued == 3 and budget_used(study.trials) == 3
+    # The first trial of a new study is params.yaml's own distill setting, where the space holds it
+    # (distill.lr 5e-5 lies outside the searched 1e-3..1e-2: the sampler picks that one).
+    first = study.trials[0].system_attrs["fixed_params"]
+    assert params.distill.lr == 5e-5 and first == {"alpha": params.distill.alpha, "kind": "soft", "stages": "1,2,3"}
+    assert all(not trial.system_attrs.get("fixed_params") for trial in study.trials[1:])
     storage = open_storage(params.tune.storage)
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), 0)
     assert storage.set_trial_state_values(trial_id, TrialState.RUNNING)
