@@ -289,7 +289,8 @@ def _run_trial(
     worker: int,
 ) -> TrialState:
     client, experiment_id, parent_run_id = run
-    trial = Trial(study, trial_id)  # what `study.ask()` builds for a queued trial it pops
+    study.get_trials(deepcopy=False)  # caches the claimed trial, as `study.ask()` would: a fixed parameter
+    trial = Trial(study, trial_id)  # is stored without reading the study, and needs the trial known
     began = time.perf_counter()
     values = suggest(trial, params.tune.space)
     tags = {

@@ -106,6 +106,8 @@ def test_image_modes_converted(tmp_path):
     with Image.open(root / "modes" / "deep16.tif") as check:
         assert check.mode.startswith("I;16")
     Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "modes" / "photo.jpg", quality=100)
+    (root / "other").mkdir()  # a data set needs two classes
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(root / "other" / "plain.png")
 
     out = tmp_path / "raw"
     ingest(layouts.params("imagefolder", root, image_size=20), out)
