@@ -227,6 +227,10 @@ def save_overrides(path: str | Path, overrides: dict[str, Any]) -> Params:
 
     params = load_params(path, overrides)
     yaml_rt = YAML()
+    # ruamel writes None as nothing at all (`path:`); keep the `null` the file was written with.
+    yaml_rt.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     path = Path(path)
     tree = yaml_rt.load(path.read_text())
     for dotted, value in overrides.items():

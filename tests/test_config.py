@@ -36,12 +36,13 @@ def test_real_source_needs_a_path(tmp_path):
 
 def test_overrides_are_validated_and_written_keeping_comments(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("# knobs\ndistill:\n  alpha: 0.5  # DeiT weight\n")
+    path.write_text("# knobs\ndata:\n  path: null  # folder\ndistill:\n  alpha: 0.5  # DeiT weight\n")
     with pytest.raises(ConfigError, match=r"distill\.alpha"):
         save_overrides(path, {"distill.alpha": 3.0})
-    save_overrides(path, {"distill.alpha": 0.7})
+    save_overrides(path, {"distill.alpha": 0.7, "tune.timeout": None})
     text = path.read_text()
     assert "alpha: 0.7" in text and "# DeiT weight" in text and "# knobs" in text
+    assert "path: null  # folder" in text and "timeout: null" in text
 
 
 def test_stage_entry_fails_fast_with_one_line(tmp_path):

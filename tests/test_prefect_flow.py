@@ -97,7 +97,7 @@ def test_real_server_runs_the_served_deployment_from_the_cli(pipeline_repo, tmp_
                 "run",
                 "hdkd/full",
                 "--param",
-                'overrides={"distill.temperature": 2.0}',
+                'compile_targets=["onnx"]',  # a named flow parameter: compile and register run again
                 "--watch",
                 "--watch-interval",
                 "1",
@@ -119,7 +119,7 @@ def test_real_server_runs_the_served_deployment_from_the_cli(pipeline_repo, tmp_
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-    assert yaml.safe_load((pipeline_repo / "params.yaml").read_text())["distill"]["temperature"] == 2.0
+    assert yaml.safe_load((pipeline_repo / "params.yaml").read_text())["compile"]["targets"] == ["onnx"]
     assert run(["dvc", "status", "-q"], pipeline_repo, check=False).returncode == 0
 
     import mlflow
