@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from hdkd.config import Params
 
 app = typer.Typer(
     help="HDKD: distil a CNN teacher into a hybrid CNN + transformer student.",
@@ -41,6 +44,21 @@ def info(classes: Annotated[int, typer.Option(help="number of classes of the hea
     console.print(table)
 
 
+def _load_params(path: Path, items: list[str] | None) -> Params:
+    """The params file with `--set KEY=VALUE` overrides (values read as YAML), validated."""
+    import yaml
+
+    from hdkd.config import load_params
+
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+        overrides[key] = yaml.safe_load(value)
+    return load_params(path, overrides)
+
+
 @app.command()
 def train(
     kind: Annotated[str, typer.Option(help="teacher | student | distilled")],
@@ -55,19 +73,10 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from out/last.pt")] = False,
 ) -> None:
     """Train one network on prepared splits (see `python -m pipelines.split`), outside DVC."""
-    import yaml
-
-    from hdkd.config import load_params
     from hdkd.distributed import share_cores
     from hdkd.train import train as train_model
 
-    overrides = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
-        overrides[key] = yaml.safe_load(value)
-    loaded = load_params(params, overrides)
+    loaded = _load_params(params, set_)
     share_cores(loaded.data.num_workers)
     result = train_model(loaded, kind, train_data, val_data, out, teacher, resume)
     console.print(
@@ -228,18 +237,9 @@ def tune(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tune.n_trials=20")] = None,
 ) -> None:
     """Optuna study over the distill hyper-parameters: queue trials up to tune.n_trials, run workers, report."""
-    import yaml
-
-    from hdkd.config import load_params
     from hdkd.tune import run_workers, study_name, tune_stage
 
-    overrides = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
-        overrides[key] = yaml.safe_load(value)
-    loaded = load_params(params, overrides)
+    loaded = _load_params(params, set_)
     if not join:
         tune_stage(loaded, workers=workers)
         return
