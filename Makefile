@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands run `python` from PATH: the venv comes first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup test lint run serve clean
+.PHONY: setup test test-fast lint run serve clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest
 
+# The quick loop: everything but the end-to-end and real-server tests (marked `slow`).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
 run: setup
 	$(BIN)/dvc repro
 	$(BIN)/hdkd summary
@@ -27,6 +31,7 @@ serve: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean:

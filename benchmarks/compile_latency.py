@@ -13,6 +13,7 @@ median / p90 milliseconds and the speed-up over eager; with --json the last line
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -21,18 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdkd.export import (
-    OnnxRunner,
-    Runner,
-    TorchRunner,
-    cpu_name,
-    export_aoti,
-    export_onnx,
-    export_program,
-    measure_latency,
-    parity,
-)
+from hdkd.compile import export_aoti, export_onnx, export_program, parity
 from hdkd.models import PRESETS, build_model
+from hdkd.runtime import OnnxRunner, Runner, TorchRunner
+from hdkd.timing import cpu_name, measure_latency
 
 
 def main() -> None:
@@ -50,7 +43,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     if args.checkpoint:
-        from hdkd.train import load_trained
+        from hdkd.checkpoint import load_trained
 
         model, meta = load_trained(args.checkpoint)
         label, size = f"{meta['kind']} {meta['preset']} ({args.checkpoint})", int(meta["img_size"])
@@ -84,7 +77,9 @@ def main() -> None:
         results = {}
         for batch in batches:
             repeats = args.repeats if batch == 1 else args.repeats_large
-            results[batch] = measure_latency(runners, np.ascontiguousarray(inputs[:batch]), repeats)
+            batch_input = np.ascontiguousarray(inputs[:batch])
+            calls = {name: functools.partial(runner.run, batch_input) for name, runner in runners.items()}
+            results[batch] = measure_latency(calls, repeats)
 
     print(f"{label}, {size} px | {cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = f"{'backend':<14}{'build s':>9}{'max|diff|':>11}"

@@ -23,7 +23,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from hdkd.config import save_overrides
+from hdkd.kinds import KINDS
 from hdkd.layout import REPO
+from hdkd.report import run_markdown
 
 # Stages that write to MLflow (a service that may blip) retry with back-off; the others fail fast.
 TRACKED_STAGES = {"train_teacher", "train_student", "tune", "distill", "evaluate", "compile", "register"}
@@ -77,26 +79,13 @@ def _stage_task(stage: str) -> Any:
     return task(name=stage, retries=retries, retry_delay_seconds=[5, 30])(run_dvc_stage)
 
 
-def _summary_markdown() -> str:
-    lines = ["# HDKD run", ""]
-    evaluation = REPO.metrics / "evaluate.json"
-    if evaluation.is_file():
-        rows = json.loads(evaluation.read_text())
-        keys = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece"]
-        lines += ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for model, metrics in rows.items():
-            cells = [f"{metrics[k]:.3f}" if isinstance(metrics.get(k), float) else "-" for k in keys]
-            lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    registry = REPO.reports / "registry.json"
-    if registry.is_file():
-        lines += ["", "## Registered models", ""]
-        for name, entry in json.loads(registry.read_text()).items():
-            lines.append(f"- `models:/{name}/{entry['version']}` ({', '.join(entry['aliases'])})")
-    for kind in ("teacher", "student", "distilled"):
+def _logged_runs() -> dict[str, str]:
+    runs = {}
+    for kind in KINDS:
         logged = REPO.logged_model(kind)
         if logged.is_file():
-            lines.append(f"- {kind}: MLflow run `{json.loads(logged.read_text())['run_id']}`")
-    return "\n".join(lines)
+            runs[kind] = json.loads(logged.read_text())["run_id"]
+    return runs
 
 
 @flow(name="hdkd", log_prints=True)
@@ -127,5 +116,7 @@ def hdkd(
     stages = stage_names()
     for stage in stages:
         _stage_task(stage)(stage)
-    create_markdown_artifact(key="hdkd-summary", markdown=_summary_markdown(), description="HDKD comparison")
+    create_markdown_artifact(
+        key="hdkd-summary", markdown=run_markdown(REPO.reports, _logged_runs()), description="HDKD comparison"
+    )
     return stages

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from hdkd.errors import HDKDError
-from hdkd.io import atomic_path
+from hdkd.files import atomic_path
+from hdkd.models import build_model
 
 
 class CheckpointError(HDKDError, ValueError):
@@ -83,3 +84,26 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
             "was it written for another preset, model kind or class count?"
         )
     model.load_state_dict(state, strict=True)
+
+
+def build_from_meta(meta: dict[str, Any]) -> nn.Module:
+    extra = {"predict_heads": meta["predict_heads"]} if "predict_heads" in meta else {}
+    return build_model(
+        meta["kind"],
+        meta["preset"],
+        num_classes=len(meta["classes"]),
+        block=meta["block"],
+        img_size=meta["img_size"],
+        **extra,
+    )
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a network from a `best.pt`/`last.pt` and load its weights strictly, in eval mode."""
+    state = load_checkpoint(path)
+    meta = state.get("meta") or {}
+    if not {"kind", "preset", "block", "img_size", "classes"} <= set(meta):
+        raise CheckpointError(f"{path}: checkpoint has no model description ('meta'); was it written by hdkd?")
+    model = build_from_meta(meta)
+    load_model_state(model, state["model"], path)
+    return model.eval(), meta

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -86,6 +86,49 @@ def train(
 
 
 @app.command()
+def recipe(
+    name: Annotated[str, typer.Argument(help="paper: the published HDKD recipe")],
+    params: Annotated[Path, typer.Option(help="params file to update")] = Path("params.yaml"),
+    dvc_flags: Annotated[
+        bool, typer.Option(help="print `dvc exp run -S` flags instead of writing the params file")
+    ] = False,
+) -> None:
+    """Put the pipeline on a named recipe: writes its values into params.yaml (comments kept)."""
+    from hdkd.config import load_params, save_overrides
+    from hdkd.recipes import dvc_flags as as_flags
+    from hdkd.recipes import recipe_overrides
+
+    try:
+        overrides = recipe_overrides(name, load_params(params))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="NAME") from None
+    if dvc_flags:
+        typer.echo(" ".join(shlex.quote(flag) for flag in as_flags(overrides)))
+        return
+    save_overrides(params, overrides)
+    console.print(f"{params}: {len(overrides)} values set to the {name} recipe; `dvc repro` runs it")
+    for key, value in overrides.items():
+        console.print(f"  {key}: {value}", highlight=False)
+
+
+@app.command()
+def ablate(
+    seeds: Annotated[int, typer.Option(help="seeds per configuration (students only; data and teacher are kept)")] = 3,
+    configs: Annotated[
+        str, typer.Option(help="comma-separated: hdkd, logit_only, feature_only, hard, mbconv")
+    ] = "hdkd,logit_only,feature_only,hard,mbconv",
+    first_seed: Annotated[int, typer.Option(help="the first student seed")] = 1,
+    params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
+) -> None:
+    """Seeds x distillation settings as queued DVC experiments; writes reports/ablation.md with intervals."""
+    from hdkd.ablation import ablate as run_ablation
+    from hdkd.config import load_params
+
+    chosen = [name.strip() for name in configs.split(",") if name.strip()]
+    run_ablation(load_params(params), chosen, seeds, first_seed, log=console.print)
+
+
+@app.command()
 def promote(
     name: Annotated[str, typer.Argument(help="registered model, e.g. hdkd-student")],
     version: Annotated[int, typer.Argument(help="the version to make champion")],
@@ -104,31 +147,15 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
     import json
 
-    from hdkd.evaluate import HEADLINE, comparison_sentence, summary_rows
+    from hdkd.report import ReportError, comparison, model_reports, rich_table, verdict
 
-    rows = summary_rows(reports) if (reports / "evaluate").is_dir() else []
-    if rows:
-        # Short headers and no grid: the table fits the 80 columns Rich assumes when output is piped.
-        table = Table(
-            title="Test split (touched once, by the evaluate stage)",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,
-        )
-        table.add_column("model", no_wrap=True)
-        for column in ("params", "MMACs", "ms/img", "acc", "bal acc", "macro-F1", "AUC", "ECE"):
-            table.add_column(column, justify="right", no_wrap=True)
-        for row in rows:
-            metrics = (f"{row[k]:.3f}" if isinstance(row.get(k), float) else "-" for k in HEADLINE)
-            table.add_row(
-                row["label"],
-                f"{row['parameters']:,}",
-                f"{row['macs'] / 1e6:,.1f}",
-                f"{row['latency_ms']:.2f}",
-                *metrics,
-            )
-        console.print(table)
-        console.print(comparison_sentence(rows))
+    try:
+        reports_by_model = model_reports(reports)
+    except ReportError:
+        reports_by_model = {}
+    if reports_by_model:
+        console.print(rich_table(reports_by_model, "Test split (touched once, by the evaluate stage)"))
+        console.print(verdict(comparison(reports)))
     tuned = reports / "metrics" / "tune.json"
     if tuned.is_file() and (study := json.loads(tuned.read_text())).get("enabled", True):
         console.print(

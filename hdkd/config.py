@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hdkd.errors import HDKDError
-from hdkd.io import atomic_path
+from hdkd.files import atomic_path
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -68,6 +68,7 @@ class TrainParams(_Strict):
     warmup_lr: float = Field(2e-5, ge=0.0)
     min_lr: float = Field(2e-5, ge=0.0)
     bf16: bool = False
+    seed: int | None = None  # None: the top-level seed; set per network by `hdkd ablate` (data stay the same)
 
 
 class DistillParams(TrainParams):
@@ -151,6 +152,13 @@ class DistributedParams(_Strict):
     nproc: int = Field(1, ge=1)
 
 
+class AblationParams(_Strict):
+    """Labels `hdkd ablate` sets on each queued experiment: they tag its MLflow runs and name its row."""
+
+    batch: str | None = None
+    config: str | None = None
+
+
 class MlflowParams(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "hdkd"
@@ -168,6 +176,7 @@ class Params(_Strict):
     compile: CompileParams = CompileParams()
     distributed: DistributedParams = DistributedParams()
     mlflow: MlflowParams = MlflowParams()
+    ablation: AblationParams = AblationParams()
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -218,6 +227,18 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     return params_from_dict(raw, source=str(path))
+
+
+def with_section(params: Params, section: str, values: dict[str, Any]) -> Params:
+    """`params` with `values` merged into one section (`distill`, `student`, ...), validated like params.yaml."""
+    current = getattr(params, section)
+    try:
+        updated = type(current).model_validate({**current.model_dump(), **values})
+    except ValidationError as error:
+        item = error.errors()[0]
+        where = ".".join(map(str, item["loc"]))
+        raise ConfigError(f"{section}.{where}: {item['msg']} (got {item.get('input')!r})") from None
+    return params.model_copy(update={section: updated})
 
 
 def save_overrides(path: str | Path, overrides: dict[str, Any]) -> Params:

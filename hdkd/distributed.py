@@ -54,9 +54,12 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
 
 
-def relaunch_with_torchrun(module: str, nproc: int) -> None:
-    """Run `python -m module` again as `nproc` torchrun workers on this machine; fail as they fail."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", module]
+def relaunch_with_torchrun(stage: str, nproc: int) -> None:
+    """Run the DVC stage `stage` again as `nproc` torchrun workers on this machine; fail as they fail."""
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"),
+        *("-m", "hdkd.stages", stage),
+    ]
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise SystemExit(result.returncode)

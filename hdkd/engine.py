@@ -101,7 +101,7 @@ def predict_proba(
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 
-def evaluate(
+def validation_metrics(
     model: nn.Module, loader: DataLoader, class_names: Sequence[str], device: torch.device | str = "cpu"
 ) -> dict[str, Any]:
     probs, labels = predict_proba(model, loader, device)
@@ -307,7 +307,7 @@ class Trainer:
                 train_loader.sampler.set_epoch(epoch)
             began = time.perf_counter()
             stats = self.train_epoch(train_loader, epoch)
-            val = evaluate(self.net, val_loader, self.class_names, self.device)
+            val = validation_metrics(self.net, val_loader, self.class_names, self.device)
             stats.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
             stats["lr"] = self.optimizer.param_groups[0]["lr"]
             stats["epoch_seconds"] = time.perf_counter() - began

@@ -16,44 +16,40 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
-import statistics
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from torch import nn
 from torch.utils.data import DataLoader
 
 from hdkd import plots
+from hdkd.checkpoint import load_trained
 from hdkd.config import Params
-from hdkd.data.loading import SplitArrays, eval_transform, load_split, make_loader
+from hdkd.data.loading import load_split, make_loader
 from hdkd.engine import predict_proba
 from hdkd.errors import HDKDError
-from hdkd.io import atomic_dir, atomic_path, write_json
+from hdkd.files import atomic_dir, atomic_path, write_json
+from hdkd.gradcam import Pictures, gradcam_picks, pictures, write_gradcam
+from hdkd.kinds import KINDS, label
 from hdkd.layout import Layout
 from hdkd.metrics import classification_metrics, reliability_curve
-from hdkd.models import KINDS
 from hdkd.models.complexity import count_macs, count_parameters
+from hdkd.report import COMPARISON, summary_markdown, teacher_gap_sentence, verdict
+from hdkd.stats import accuracy, bootstrap_ci, macro_f1_over, mcnemar, paired_difference_ci
+from hdkd.timing import cpu_name, measure_latency
 from hdkd.tracking import flat_params, stage_run
-from hdkd.train import default_device, load_trained
+from hdkd.train import default_device
 
-MODEL_ORDER = KINDS  # teacher, student (no KD), distilled (HDKD)
-LABELS = {"teacher": "Teacher (CNN)", "student": "Student, no KD", "distilled": "HDKD student"}
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "ece")
+HEADLINE = ("accuracy", "macro_f1", "roc_auc_ovr", "ece")
 GRADCAM_KINDS = ("teacher", "distilled")
 OUTPUT_DIRS = ("evaluate", "plots/confusion", "plots/roc", "plots/reliability", "figures", "gradcam")
 EVAL_BATCH = 64
-LATENCY_WARMUP = 5
 RELIABILITY_BINS = 15  # the default of metrics.expected_calibration_error: the diagram shows the ECE's bins
-GRADCAM_MIN_SIZE = 224  # overlays are scaled up to this: a 32-pixel picture is unreadable as is
 
 
 class EvaluationError(HDKDError, ValueError):
@@ -79,53 +75,11 @@ def _load_checked(
     return model, meta
 
 
-def gradcam_picks(labels: np.ndarray, count: int) -> list[int]:
-    """Test-image indices covering the classes first: each class's first image, then each one's second, ..."""
-    seen: dict[int, int] = {}
-    rank = []
-    for label in labels.tolist():
-        rank.append(seen.get(label, 0))
-        seen[label] = rank[-1] + 1
-    order = np.lexsort((labels, np.asarray(rank)))  # by rank within the class, then by class
-    return sorted(order[:count].tolist())
-
-
-@dataclass(frozen=True)
-class _Pictures:
-    """Some test images: their indices and labels, the model inputs, and float HWC in [0, 1] to draw on."""
-
-    indices: list[int]
-    labels: list[int]
-    inputs: torch.Tensor
-    pictures: np.ndarray
-
-
-def _pictures(split: SplitArrays, indices: Sequence[int], image_size: int) -> _Pictures:
-    chw = torch.from_numpy(split.images[list(indices)]).permute(0, 3, 1, 2)
-    transform = eval_transform(image_size)
-    inputs = torch.stack([transform(image) for image in chw])
-    pictures = F.interpolate(chw.float() / 255, size=(image_size, image_size), mode="bilinear", antialias=True)
-    return _Pictures(
-        list(indices),
-        split.labels[list(indices)].tolist(),
-        inputs,
-        pictures.clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32),
-    )
-
-
-@torch.inference_mode()
-def measure_latency(model: nn.Module, image: torch.Tensor, repeats: int = 30, warmup: int = LATENCY_WARMUP) -> float:
+def latency_ms(model: nn.Module, image: torch.Tensor, repeats: int) -> float:
     """Median milliseconds of one eval-mode forward of one image on the CPU (median: robust to hiccups)."""
-    model = model.cpu().eval()
-    batch = image.unsqueeze(0).cpu()
-    for _ in range(warmup):
-        model(batch)
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        model(batch)
-        times.append(time.perf_counter() - began)
-    return 1000 * statistics.median(times)
+    model, batch = model.cpu().eval(), image.unsqueeze(0).cpu()
+    with torch.inference_mode():
+        return measure_latency({"model": lambda: model(batch)}, repeats)["model"]["median_ms"]
 
 
 def roc_curves(
@@ -149,33 +103,13 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
         writer.writerows(rows)
 
 
-def _write_gradcam(name: str, model: nn.Module, picks: _Pictures, classes: Sequence[str], folder: Path) -> list[dict]:
-    """Picture | overlay PNGs; the explained class is the one the model predicts for that image."""
-    last_stage3_block = list(model.get_submodule("stage3").children())[-1]
-    overlays, predicted = plots.gradcam_overlays(model, last_stage3_block, picks.inputs, picks.pictures)
-    size = max(GRADCAM_MIN_SIZE, picks.pictures.shape[1])
-    written = []
-    for i, (picture, overlay) in enumerate(zip(picks.pictures, overlays, strict=True)):
-        file = folder / f"{name}_{i}.png"
-        plots.side_by_side((picture * 255).round().astype(np.uint8), overlay, size).save(file)
-        written.append(
-            {
-                "file": f"gradcam/{file.name}",
-                "test_index": picks.indices[i],
-                "actual": classes[picks.labels[i]],
-                "predicted": classes[int(predicted[i])],
-            }
-        )
-    return written
-
-
 def _evaluate_one(
     name: str,
     model: nn.Module,
     loader: DataLoader,
     classes: list[str],
     image_size: int,
-    picks: _Pictures,
+    picks: Pictures,
     out: Mapping[str, Path],
     latency_repeats: int,
     teacher_predicted: np.ndarray | None = None,
@@ -184,7 +118,7 @@ def _evaluate_one(
     report and the top-1 predictions."""
     probs, labels = predict_proba(model, loader, default_device())
     metrics = classification_metrics(probs, labels, classes)
-    title = LABELS.get(name, name)
+    title = label(name)
     predicted = probs.argmax(axis=1)
     if teacher_predicted is not None:
         # How far a student follows the teacher, right or wrong: what distillation changes first.
@@ -220,11 +154,12 @@ def _evaluate_one(
     complexity = {
         "parameters": count_parameters(model),
         "macs": count_macs(model, image_size),
-        "latency_ms": measure_latency(model, picks.inputs[0], latency_repeats),
+        "latency_ms": latency_ms(model, picks.inputs[0], latency_repeats),
+        "cpu": cpu_name(),
         "latency_repeats": latency_repeats,
         "threads": torch.get_num_threads(),
     }
-    cams = _write_gradcam(name, model, picks, classes, out["gradcam"]) if name in GRADCAM_KINDS else []
+    cams = write_gradcam(name, model, picks, classes, out["gradcam"]) if name in GRADCAM_KINDS else []
     report = {
         "model": name,
         "classes": classes,
@@ -238,7 +173,7 @@ def _evaluate_one(
 
 
 def _model_rank(name: str) -> tuple[int, str]:
-    return (MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER), name)
+    return (KINDS.index(name) if name in KINDS else len(KINDS), name)
 
 
 def _learning_histories(folder: Path) -> dict[str, list[dict[str, str]]]:
@@ -246,150 +181,77 @@ def _learning_histories(folder: Path) -> dict[str, list[dict[str, str]]]:
     histories = {}
     for path in sorted(folder.glob("*.csv"), key=lambda p: _model_rank(p.stem)):
         with open(path, newline="") as handle:
-            histories[LABELS.get(path.stem, path.stem)] = list(csv.DictReader(handle))
+            histories[label(path.stem)] = list(csv.DictReader(handle))
     return {name: rows for name, rows in histories.items() if rows}
 
 
-def summary_rows(reports_dir: str | Path) -> list[dict[str, Any]]:
-    """The comparison table, one row per evaluated model (teacher, plain student, HDKD first),
-    read back from `reports/evaluate/*.json`."""
-    folder = Path(reports_dir) / "evaluate"
-    files = sorted(folder.glob("*.json"), key=lambda p: _model_rank(p.stem))
-    if not files:
-        raise EvaluationError(f"{folder}: no evaluation reports; run the evaluate stage first (dvc repro evaluate)")
-    rows = []
-    for file in files:
-        report = json.loads(file.read_text())
-        complexity = report["complexity"]
-        rows.append(
-            {
-                "model": report["model"],
-                "label": LABELS.get(report["model"], report["model"]),
-                "parameters": complexity["parameters"],
-                "macs": complexity["macs"],
-                "latency_ms": complexity["latency_ms"],
-                **{key: report["metrics"][key] for key in HEADLINE},
-                "teacher_agreement": report["metrics"].get("teacher_agreement"),
-                "test_images": report["test_images"],
-                "num_classes": len(report["classes"]),
-            }
-        )
-    return rows
+def intervals(labels: np.ndarray, predicted: np.ndarray, num_classes: int, seed: int) -> dict[str, dict[str, float]]:
+    """95% bootstrap intervals of accuracy and macro-F1 over resampled test images."""
+    return {
+        "accuracy": bootstrap_ci(labels, predicted, accuracy, seed).as_dict(),
+        "macro_f1": bootstrap_ci(labels, predicted, macro_f1_over(num_classes), seed).as_dict(),
+    }
 
 
-def _count(value: float) -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
-            return f"{value / scale:.2f} {suffix}"
-    return str(value)
+def compare_students(
+    labels: np.ndarray, predicted: Mapping[str, np.ndarray], macro_f1: Mapping[str, float], num_classes: int, seed: int
+) -> dict[str, Any] | None:
+    """HDKD against the plain student on the same images: paired bootstrap of the macro-F1 difference, McNemar."""
+    if not {"student", "distilled"} <= predicted.keys():
+        return None
+    hdkd, plain = predicted["distilled"], predicted["student"]
+    result: dict[str, Any] = {
+        "test_images": len(labels),
+        "macro_f1_difference": paired_difference_ci(labels, hdkd, plain, macro_f1_over(num_classes), seed).as_dict(),
+        "accuracy_difference": paired_difference_ci(labels, hdkd, plain, accuracy, seed).as_dict(),
+        "mcnemar": mcnemar(labels, hdkd, plain).as_dict(),
+        "teacher_gap": teacher_gap_sentence(macro_f1),
+        # A network that predicts one class for everything has balanced accuracy 1/classes, whatever its accuracy.
+        "chance_level": all(
+            balanced_accuracy_score(labels, predicted[kind]) <= 1 / num_classes + 1e-9
+            for kind in ("student", "distilled")
+        ),
+    }
+    if "teacher" in predicted:
+        result["teacher_agreement"] = {
+            kind: float(np.mean(predicted[kind] == predicted["teacher"])) for kind in ("student", "distilled")
+        }
+    return result
 
 
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def headline_metrics(reports: Mapping[str, Mapping[str, Any]], result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The few numbers `dvc metrics show` puts side by side: per model, and HDKD minus the plain student."""
+    headline: dict[str, Any] = {}
+    for name, report in reports.items():
+        row: dict[str, Any] = {}
+        for key in HEADLINE:
+            row[key] = report["metrics"][key]
+            if key in report["intervals"]:
+                row[f"{key}_ci_low"] = report["intervals"][key]["low"]
+                row[f"{key}_ci_high"] = report["intervals"][key]["high"]
+        headline[name] = row
+    if result:
+        diff = result["macro_f1_difference"]
+        headline["hdkd_vs_student"] = {
+            "macro_f1_diff": diff["value"],
+            "macro_f1_diff_ci_low": diff["low"],
+            "macro_f1_diff_ci_high": diff["high"],
+            "mcnemar_p": result["mcnemar"]["p_value"],
+        }
+    return headline
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows of `summary_rows` as a Markdown table (also readable as plain text)."""
-    lines = [
-        "| Model | Parameters | MACs | CPU latency (ms/image) | Accuracy | Balanced acc. | Macro-F1 | ROC-AUC | ECE |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        scores = " | ".join(_score(row[key]) for key in HEADLINE)
-        size = f"{_count(row['parameters'])} | {_count(row['macs'])} | {row['latency_ms']:.2f}"
-        lines.append(f"| {row['label']} | {size} | {scores} |")
-    return "\n".join(lines)
-
-
-def comparison_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One plain sentence: did HDKD beat the same student trained without distillation, on this test split?"""
-    by_model = {row["model"]: row for row in rows}
-    if not {"student", "distilled"} <= by_model.keys():
-        return "HDKD and the plain student were not both evaluated, so they are not compared here."
-    hdkd, plain = by_model["distilled"], by_model["student"]
-    scores = (
-        f"macro-F1 {hdkd['macro_f1']:.3f} vs {plain['macro_f1']:.3f}, "
-        f"accuracy {hdkd['accuracy']:.3f} vs {plain['accuracy']:.3f}"
-    )
-    if hdkd["macro_f1"] > plain["macro_f1"]:
-        verdict = f"HDKD beat the plain student on this test split ({scores})"
-    elif hdkd["macro_f1"] == plain["macro_f1"]:
-        verdict = f"HDKD tied with the plain student on this test split ({scores})"
-    else:
-        verdict = f"HDKD did not beat the plain student on this data ({scores})"
-    chance = 1 / hdkd["num_classes"]
-    # A network that predicts one class for everything has balanced accuracy 1/classes, whatever its accuracy.
-    if max(hdkd["balanced_accuracy"], plain["balanced_accuracy"]) <= chance + 1e-9:
+def treatment(params: Params) -> str:
+    """How the two students were trained, so the reader can judge the comparison's fairness."""
+    if params.tune.enabled:
         return (
-            f"{verdict}, but both are at chance level (balanced accuracy {hdkd['balanced_accuracy']:.3f} and "
-            f"{plain['balanced_accuracy']:.3f}, chance {chance:.3f}), so this says nothing about distillation yet."
+            f"Both students were tuned alike: {params.tune.n_trials} Optuna trials each over their shared optimiser "
+            "keys (HDKD also over its distillation keys), chosen on validation macro-F1."
         )
-    images = round(abs(hdkd["accuracy"] - plain["accuracy"]) * hdkd["test_images"])
-    sentence = f"{verdict}; the accuracy gap is {images} of {hdkd['test_images']} test images."
-    if hdkd.get("teacher_agreement") is not None and plain.get("teacher_agreement") is not None:
-        sentence += (
-            f" HDKD predicts the teacher's class for {hdkd['teacher_agreement']:.1%} of the test images, "
-            f"the plain student for {plain['teacher_agreement']:.1%}."
-        )
-    return sentence
-
-
-def _summary_markdown(
-    rows: Sequence[Mapping[str, Any]], reports: Mapping[str, Mapping[str, Any]], image_size: int, learning: bool
-) -> str:
-    first = next(iter(reports.values()))
-    classes, complexity = first["classes"], first["complexity"]
-    lines = [
-        "# Teacher, plain student and HDKD on the test split",
-        "",
-        f"{first['test_images']} test images, never used for training or model selection; "
-        f"{len(classes)} classes: {', '.join(classes)}.",
-        "",
-        markdown_table(rows),
-        "",
-        comparison_sentence(rows),
-        "",
-        f"MACs of one {image_size}x{image_size} image. Latency: median of {complexity['latency_repeats']} "
-        f"batch-1 forward passes after {LATENCY_WARMUP} warm-up runs, on this machine's CPU ("
-        f"torch threads: {complexity['threads']}); compare the ratios, not the absolute values across machines.",
-        "",
-        "## Per-class F1",
-        "",
-        "| Class | " + " | ".join(LABELS.get(name, name) for name in reports) + " |",
-        "|---|" + "---:|" * len(reports),
-    ]
-    for cls in classes:
-        f1s = " | ".join(f"{report['metrics']['per_class'][cls]['f1']:.3f}" for report in reports.values())
-        lines.append(f"| {cls} | {f1s} |")
-    lines += ["", "## Figures", ""]
-    for name in reports:
-        label = LABELS.get(name, name)
-        lines += [
-            f"### {label}",
-            "",
-            f"![{label}: confusion matrix](figures/confusion_{name}.png) "
-            f"![{label}: ROC](figures/roc_{name}.png) "
-            f"![{label}: reliability](figures/reliability_{name}.png)",
-            "",
-        ]
-        lines += [
-            f"![Grad-CAM, actual {cam['actual']}, predicted {cam['predicted']}]({cam['file']})"
-            for cam in reports[name]["gradcam"]
-        ]
-        if reports[name]["gradcam"]:
-            lines += ["", "Grad-CAM (picture | overlay) on the last stage-3 block, for the predicted class.", ""]
-    if learning:
-        lines += ["### Learning curves", "", "![learning curves](figures/learning_curves.png)", ""]
-    lines += [
-        "## Files",
-        "",
-        "- `metrics/evaluate.json`: the headline metrics (`dvc metrics show`)",
-        "- `evaluate/<model>.json`: per-class precision/recall/F1, confusion matrix, per-class ROC-AUC, complexity",
-        "- `plots/confusion`, `plots/roc`, `plots/reliability`: plot data (`dvc plots show`); PNGs in `figures/`",
-        "- `gradcam/`: Grad-CAM overlays",
-        "",
-    ]
-    return "\n".join(lines)
+    return (
+        "Neither student was tuned: each trained with its params.yaml section as written; every checkpoint was "
+        "chosen on validation macro-F1, and the test split was used once, here."
+    )
 
 
 def evaluate(
@@ -400,9 +262,9 @@ def evaluate(
     manifest: str | Path | None = None,
     gradcam_images: int = 4,
     latency_repeats: int = 30,
-) -> dict[str, dict[str, float | None]]:
+) -> dict[str, Any]:
     """Evaluate each checkpoint (`{"teacher": .../best.pt, ...}`) once on `test_data`, write the reports,
-    log them to an MLflow run named `evaluate`; returns the headline metrics per model."""
+    log them to an MLflow run named `evaluate`; returns the headline metrics."""
     if gradcam_images < 1 or latency_repeats < 1:
         raise ValueError("gradcam_images and latency_repeats must be at least 1")
     test_data, reports_dir = Path(test_data), Path(reports_dir)
@@ -414,62 +276,76 @@ def evaluate(
     loader = make_loader(
         split, train=False, image_size=size, batch_size=EVAL_BATCH, num_workers=params.data.num_workers
     )
-    picks = _pictures(split, gradcam_picks(split.labels, gradcam_images), size)
+    picks = pictures(split, gradcam_picks(split.labels, gradcam_images), size)
     reports: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, np.ndarray] = {}
     with stage_run(params, "evaluate", manifest=manifest):
         mlflow.log_params(
             {**flat_params(params, ("model", "data")), **{f"checkpoint.{name}": str(models[name]) for name in networks}}
         )
         with contextlib.ExitStack() as stack:
             out = {folder: stack.enter_context(atomic_dir(reports_dir / folder)) for folder in OUTPUT_DIRS}
-            teacher_predicted = None
             for name, (model, meta) in networks.items():
                 report, predicted = _evaluate_one(
-                    name, model, loader, classes, size, picks, out, latency_repeats, teacher_predicted
+                    name, model, loader, classes, size, picks, out, latency_repeats, predictions.get("teacher")
                 )
-                if name == "teacher":  # evaluated first (MODEL_ORDER)
-                    teacher_predicted = predicted
+                predictions[name] = predicted
+                report["intervals"] = intervals(split.labels, predicted, len(classes), params.seed)
+                report["treatment"] = treatment(params)
                 report["checkpoint"] = {
                     "path": str(models[name]),
                     "epoch": meta.get("epoch"),
                     "val_macro_f1": meta.get("val_macro_f1"),
                 }
-                write_json(out["evaluate"] / f"{name}.json", report)
                 reports[name] = report
-                m, c = report["metrics"], report["complexity"]
+                m, c, ci = report["metrics"], report["complexity"], report["intervals"]
                 print(
-                    f"evaluate {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, "
-                    f"ROC-AUC {_score(m['roc_auc_ovr'])}, ECE {m['ece']:.3f} | {_count(c['parameters'])} params, "
-                    f"{_count(c['macs'])} MACs, {c['latency_ms']:.2f} ms/image",
+                    f"evaluate {name}: accuracy {m['accuracy']:.3f} [{ci['accuracy']['low']:.3f}, "
+                    f"{ci['accuracy']['high']:.3f}], macro-F1 {m['macro_f1']:.3f} [{ci['macro_f1']['low']:.3f}, "
+                    f"{ci['macro_f1']['high']:.3f}], ECE {m['ece']:.3f} | {c['parameters']:,} params, "
+                    f"{c['macs'] / 1e6:.1f} MMACs, {c['latency_ms']:.2f} ms/image",
                     flush=True,
                 )
+            macro_f1 = {name: report["metrics"]["macro_f1"] for name, report in reports.items()}
+            result = compare_students(split.labels, predictions, macro_f1, len(classes), params.seed)
+            for name, report in reports.items():
+                write_json(out["evaluate"] / f"{name}.json", report)
+            if result:
+                write_json(out["evaluate"] / COMPARISON, result)
             learning = _learning_histories(reports_dir / "plots" / "learning")
             if learning:
                 plots.learning_curves_png(out["figures"] / "learning_curves.png", learning)
-        headline = {name: {key: report["metrics"][key] for key in HEADLINE} for name, report in reports.items()}
+        headline = headline_metrics(reports, result)
         write_json(reports_dir / "metrics" / "evaluate.json", headline)
-        rows = summary_rows(reports_dir)
         with atomic_path(reports_dir / "summary.md") as tmp:
-            tmp.write_text(_summary_markdown(rows, reports, size, bool(learning)))
+            tmp.write_text(summary_markdown(reports_dir, size, bool(learning)))
+        complexity = {
+            f"{name}_{key}": float(report["complexity"][key])
+            for name, report in reports.items()
+            for key in ("parameters", "macs", "latency_ms")
+        }
         mlflow.log_metrics(
             {
-                f"{row['model']}_{key}": float(row[key])
-                for row in rows
-                for key in (*HEADLINE, "parameters", "macs", "latency_ms")
-                if row[key] is not None
+                **{
+                    f"{name}_{key}": float(v)
+                    for name, row in headline.items()
+                    for key, v in row.items()
+                    if v is not None
+                },
+                **complexity,
             }
         )
         for folder in OUTPUT_DIRS:
             mlflow.log_artifacts(str(reports_dir / folder), artifact_path=f"reports/{folder}")
         mlflow.log_artifact(str(reports_dir / "metrics" / "evaluate.json"), artifact_path="reports/metrics")
         mlflow.log_artifact(str(reports_dir / "summary.md"), artifact_path="reports")
-    print(comparison_sentence(rows))
+    print(verdict(result))
     print(f"evaluate: reports in {reports_dir} (summary: {reports_dir / 'summary.md'})")
     return headline
 
 
-def evaluate_stage(params: Params, layout: Layout | None = None) -> dict[str, dict[str, float | None]]:
+def evaluate_stage(params: Params, layout: Layout | None = None) -> dict[str, Any]:
     """The DVC stage: teacher, plain student and HDKD student from `models/`, on `data/split/test.npz`."""
     layout = layout or Layout()
-    models = {kind: layout.checkpoint(kind) for kind in MODEL_ORDER}
+    models = {kind: layout.checkpoint(kind) for kind in KINDS}
     return evaluate(params, models, layout.split / "test.npz", layout.reports, manifest=layout.split / "manifest.csv")

@@ -34,6 +34,11 @@ class Layout:
     def metrics(self) -> Path:
         return self.reports / "metrics"
 
+    @property
+    def tuned_params(self) -> Path:
+        """The tune stage's best settings, applied by the training stages (`train.apply_best_params`)."""
+        return self.reports / "tune" / "best_params.json"
+
     def checkpoint(self, kind: str) -> Path:
         return self.models / kind / "best.pt"
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from hdkd.errors import HDKDError
-from hdkd.export import MANIFEST, Runner, TorchRunner, load_runner, preprocess, read_manifest, softmax
-from hdkd.io import sha256_file
+from hdkd.files import sha256_file
+from hdkd.runtime import MANIFEST, Runner, TorchRunner, load_runner, preprocess, read_artifact_manifest, softmax
 
 DEFAULT_MODEL = "models:/hdkd-student@champion"
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
@@ -93,7 +93,7 @@ def resolve_model(spec: str | Path) -> ModelFiles:
             ) from None
         checkpoint, compiled = _pyfunc_files(local, text)
         compiled = compiled or _compiled_of_version(text)
-        if compiled is not None and read_manifest(compiled)["source"]["sha256"] != sha256_file(checkpoint):
+        if compiled is not None and read_artifact_manifest(compiled)["source"]["sha256"] != sha256_file(checkpoint):
             compiled = None  # compiled from other weights than this version's: never serve those
         return ModelFiles(text, checkpoint, compiled)
     path = Path(spec)
@@ -125,12 +125,12 @@ class Predictor:
     @classmethod
     def from_files(cls, files: ModelFiles, backend: str = "auto") -> Predictor:
         """Pick the runner: `auto` = TensorRT if it can run here, else ONNX if compiled, else PyTorch."""
-        from hdkd.export import tensorrt_unavailable
-        from hdkd.train import load_trained
+        from hdkd.checkpoint import load_trained
+        from hdkd.tensorrt import tensorrt_unavailable
 
         if backend not in BACKENDS:
             raise PredictError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
-        manifest = read_manifest(files.compiled) if files.compiled else None
+        manifest = read_artifact_manifest(files.compiled) if files.compiled else None
         built = set(manifest["artifacts"]) if manifest else set()
         trt = next((name for name in ("tensorrt_fp16", "tensorrt_fp32") if name in built), None)
         if backend == "auto":

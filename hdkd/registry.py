@@ -23,13 +23,14 @@ from mlflow.exceptions import MlflowException
 
 from hdkd.config import Params
 from hdkd.errors import HDKDError
-from hdkd.export import MANIFEST
-from hdkd.io import write_json
+from hdkd.files import write_json
+from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
+from hdkd.report import ReportError, comparison, model_reports, verdict
+from hdkd.runtime import MANIFEST
 from hdkd.serving import log_compiled_artifacts, log_student_pyfunc
 from hdkd.tracking import setup_tracking
 
-REGISTERED_NAMES = {"teacher": "hdkd-teacher", "distilled": "hdkd-student", "student": "hdkd-student-baseline"}
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -67,12 +68,36 @@ def log_serving_model(run_id: str, layout: Layout) -> str:
     return str(info.model_uri)
 
 
+def evaluation_tags(kind: str, reports_dir: Path) -> dict[str, str]:
+    """The test metrics with their 95% intervals, and for HDKD the verdict against the plain student:
+    shown on the version page of the MLflow UI, where a person decides what to promote."""
+    try:
+        report = model_reports(reports_dir).get(kind)
+    except ReportError:
+        return {}
+    if report is None:
+        return {}
+    tags = {
+        f"test_{key}": f"{ci['value']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]"
+        for key, ci in report["intervals"].items()
+    }
+    tags["test_images"] = str(report["test_images"])
+    result = comparison(reports_dir)
+    if kind == "distilled" and result:
+        diff = result["macro_f1_difference"]
+        tags["vs_plain_student_macro_f1_diff"] = f"{diff['value']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
+        tags["vs_plain_student_mcnemar_p"] = f"{result['mcnemar']['p_value']:.3g}"
+        tags["verdict"] = verdict(result)
+    return tags
+
+
 def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     """Register the teacher, the HDKD student and the plain student from their training runs."""
     setup_tracking(params)
     client = MlflowClient()
     registered: dict[str, Any] = {}
-    for kind, name in REGISTERED_NAMES.items():
+    for kind, network in NETWORKS.items():
+        name = network.registered_name
         logged = json.loads(layout.logged_model(kind).read_text())
         model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
         metrics = json.loads((layout.metrics / f"{kind}.json").read_text())
@@ -81,6 +106,7 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
             "preset": params.model.preset,
             "run_id": logged["run_id"],
             "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
+            **evaluation_tags(kind, layout.reports),
         }
         registered[name] = register_version(client, name, model_uri, tags)
         if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:

@@ -52,8 +52,8 @@ def _image_bytes(value: Any, index: int) -> bytes:
 
 def request_batch(model_input: Any, image_size: int) -> np.ndarray:
     """Whatever MLflow hands to `predict` (DataFrame, dict of columns, array, list) -> float32 NCHW inputs."""
-    from hdkd.export import preprocess
     from hdkd.predict import decode_image
+    from hdkd.runtime import preprocess
 
     if isinstance(model_input, pd.DataFrame | Mapping) and IMAGE_COLUMN in model_input:
         values = list(model_input[IMAGE_COLUMN])
@@ -108,16 +108,16 @@ def log_student_pyfunc(
     import PIL
     import timm
 
-    from hdkd.export import read_manifest
-    from hdkd.io import sha256_file
+    from hdkd.checkpoint import load_trained
+    from hdkd.files import sha256_file
+    from hdkd.runtime import read_artifact_manifest
     from hdkd.tracking import pip_requirements
-    from hdkd.train import load_trained
 
     checkpoint = Path(checkpoint)
     _, meta = load_trained(checkpoint)  # fails here, naming the file, rather than later in the server
     artifacts = {"checkpoint": str(checkpoint)}
     if compiled_dir is not None:
-        if read_manifest(compiled_dir)["source"]["sha256"] != sha256_file(checkpoint):
+        if read_artifact_manifest(compiled_dir)["source"]["sha256"] != sha256_file(checkpoint):
             raise ServingError(
                 f"{compiled_dir}: compiled from other weights than {checkpoint}; rerun the compile stage"
             )
@@ -153,11 +153,11 @@ def log_compiled_artifacts(
     `compiled.artifact_uri` to the artifacts. Returns the tags set."""
     from mlflow import MlflowClient
 
-    from hdkd.export import read_manifest
     from hdkd.predict import COMPILED_TAG
+    from hdkd.runtime import read_artifact_manifest
 
     compiled_dir = Path(compiled_dir)
-    manifest = read_manifest(compiled_dir)
+    manifest = read_artifact_manifest(compiled_dir)
     client = MlflowClient()
     client.log_artifacts(run_id, str(compiled_dir), artifact_path=COMPILED_ARTIFACT_PATH)
     tags = {

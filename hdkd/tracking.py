@@ -21,7 +21,7 @@ from torch import nn
 from hdkd.config import Params
 from hdkd.engine import Callback, FitResult
 from hdkd.errors import HDKDError
-from hdkd.io import sha256_file
+from hdkd.files import sha256_file
 
 
 class TrackingError(HDKDError, RuntimeError):
@@ -69,6 +69,9 @@ def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **
     """An MLflow run for one pipeline stage, tagged with git commit, stage and data manifest hash."""
     setup_tracking(params)
     run_tags = {"stage": stage, **tags}
+    if params.ablation.batch is not None:  # a run of `hdkd ablate`: line it up in MLflow's compare view
+        run_tags |= {"ablation.batch": params.ablation.batch, "ablation.config": str(params.ablation.config)}
+        run_tags["ablation.seed"] = str(params.student.seed if params.student.seed is not None else params.seed)
     if commit := git_commit():
         run_tags["git_commit"] = commit
     if manifest is not None and Path(manifest).is_file():

@@ -12,18 +12,18 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DistributedSampler
 
-from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from hdkd.config import ConfigError, Params, TrainParams
+from hdkd.checkpoint import CheckpointError, build_from_meta, load_trained
+from hdkd.config import ConfigError, Params, TrainParams, with_section
 from hdkd.data import DataError
 from hdkd.data.loading import SplitArrays, eval_transform, load_split, make_loader
 from hdkd.distributed import SINGLE, World, init_world, relaunch_with_torchrun, share_cores, under_torchrun
 from hdkd.engine import Callback, FitResult, Resume, Trainer, seed_everything
-from hdkd.io import atomic_path, sha256_file, write_json
+from hdkd.files import atomic_path, sha256_file, write_json
+from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
-from hdkd.models import PRESETS, build_model
+from hdkd.models import PRESETS
 from hdkd.tracking import MlflowCallback, flat_params, log_torch_model, stage_run
 
 
@@ -31,40 +31,24 @@ def default_device(world: World = SINGLE) -> torch.device:
     return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
 
 
-SECTION_OF_KIND = {"teacher": "teacher", "student": "student", "distilled": "distill"}
-
-
 def train_params_for(params: Params, kind: str) -> TrainParams:
-    section: TrainParams = getattr(params, SECTION_OF_KIND[kind])
+    section: TrainParams = getattr(params, NETWORKS[kind].section)
     return section
 
 
 def model_meta(params: Params, kind: str, classes: Sequence[str]) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its network without params.yaml."""
-    return {
+    meta: dict[str, Any] = {
         "kind": kind,
         "preset": params.model.preset,
         "block": params.model.block,
         "img_size": params.data.image_size,
         "classes": list(classes),
     }
-
-
-def build_from_meta(meta: dict[str, Any]) -> nn.Module:
-    return build_model(
-        meta["kind"], meta["preset"], num_classes=len(meta["classes"]), block=meta["block"], img_size=meta["img_size"]
-    )
-
-
-def load_trained(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a network from a `best.pt`/`last.pt` and load its weights strictly, in eval mode."""
-    state = load_checkpoint(path)
-    meta = state.get("meta") or {}
-    if not {"kind", "preset", "block", "img_size", "classes"} <= set(meta):
-        raise CheckpointError(f"{path}: checkpoint has no model description ('meta'); was it written by hdkd?")
-    model = build_from_meta(meta)
-    load_model_state(model, state["model"], path)
-    return model.eval(), meta
+    if kind == "distilled":
+        # With alpha 0 the distillation head gets no gradient: predict with the class head alone.
+        meta["predict_heads"] = "class" if params.distill.alpha == 0 else "both"
+    return meta
 
 
 def data_identity(
@@ -103,13 +87,20 @@ def train(
     `resume`: True continues `out_dir/last.pt` or fails if it is another run's; "unfinished" continues it
     only if it is an unfinished run of this same job (settings, seed, model, world size, data, teacher).
     """
-    if kind not in SECTION_OF_KIND:
-        raise ConfigError(f"unknown model kind {kind!r}: use one of {', '.join(SECTION_OF_KIND)}")
+    if kind not in NETWORKS:
+        raise ConfigError(f"unknown model kind {kind!r}: use one of {', '.join(NETWORKS)}")
     step = 8 * PRESETS[params.model.preset].patch  # the students' DFLT cuts the 1/8-scale map into patches
     if kind != "teacher" and params.data.image_size % step:
         raise ConfigError(
             f"data.image_size {params.data.image_size} does not fit the {kind} at model.preset "
             f"{params.model.preset!r}: use a multiple of {step}"
+        )
+    own_size = PRESETS[params.model.preset].img_size
+    if params.data.image_size != own_size:
+        raise ConfigError(
+            f"data.image_size {params.data.image_size} is not the image size of model.preset "
+            f"{params.model.preset!r} ({own_size} px): set data.image_size: {own_size}, or pick the preset made "
+            f"for your size (see `hdkd info`; `hdkd recipe paper` sets the published 224 px recipe)"
         )
     train_split, val_split = load_split(train_data), load_split(val_data)
     _check_same_classes(train_split, val_split, train_data, val_data)
@@ -129,11 +120,11 @@ def train(
                 f"{teacher_path}: teacher was trained for preset {teacher_meta['preset']!r} and classes "
                 f"{teacher_meta['classes']}, this run has {params.model.preset!r} and {classes}; retrain the teacher"
             )
-    seed_everything(params.seed)
-    model = build_model(
-        kind, params.model.preset, num_classes=len(classes), block=params.model.block, img_size=params.data.image_size
-    )
     section = train_params_for(params, kind)
+    seed = params.seed if section.seed is None else section.seed
+    seed_everything(seed)
+    meta = model_meta(params, kind, classes)
+    model = build_from_meta(meta)
     loader_args: dict[str, Any] = {
         "image_size": params.data.image_size,
         "batch_size": section.batch_size,
@@ -144,11 +135,11 @@ def train(
         kind,
         section,
         out_dir,
-        params.seed,
+        seed,
         classes,
         teacher=teacher,
         callbacks=callbacks,
-        meta=model_meta(params, kind, classes),
+        meta=meta,
         device=default_device(world),
         progress=progress,
         world=world,
@@ -158,7 +149,7 @@ def train(
     if world.distributed:
         # The sampler needs only the length; a range stands in for the dataset make_loader builds.
         indices: Any = range(len(train_split))
-        sampler = DistributedSampler(indices, world.size, world.rank, shuffle=True, seed=params.seed)
+        sampler = DistributedSampler(indices, world.size, world.rank, shuffle=True, seed=seed)
     return trainer.fit(
         make_loader(train_split, train=True, sampler=sampler, **loader_args),
         make_loader(val_split, train=False, **loader_args),
@@ -182,13 +173,6 @@ def _write_learning_curve(path: Path, history: Sequence[dict[str, float]]) -> No
             writer.writerow({"epoch": epoch, **row})
 
 
-STAGE_MODULE = {
-    "teacher": "pipelines.train_teacher",
-    "student": "pipelines.train_student",
-    "distilled": "pipelines.distill",
-}
-
-
 def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool = True) -> dict[str, Any]:
     """A pipeline training stage: train `kind`, track it in MLflow, log the model, write reports.
 
@@ -197,7 +181,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     `persist: true`), if that checkpoint is an unfinished run of this same job; else it trains afresh.
     """
     if params.distributed.nproc > 1 and not under_torchrun():
-        relaunch_with_torchrun(STAGE_MODULE[kind], params.distributed.nproc)
+        relaunch_with_torchrun(NETWORKS[kind].stage, params.distributed.nproc)
         return json.loads((layout.metrics / f"{kind}.json").read_text())
     world = init_world()
     share_cores(params.data.num_workers)
@@ -209,7 +193,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
             params, kind, train_data, val_data, out_dir, teacher_path, resume="unfinished", progress=False, world=world
         )
         return {}
-    section = SECTION_OF_KIND[kind]
+    section = NETWORKS[kind].section
     with stage_run(params, f"train_{kind}", manifest=layout.balanced / "manifest.csv", kind=kind) as run:
         mlflow.log_params(flat_params(params, (section, "model", "data", "balance")))
         result = train(
@@ -241,3 +225,27 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
         f"MLflow run {run.info.run_id}"
     )
     return summary
+
+
+def apply_best_params(params: Params, path: str | Path | None = None) -> Params:
+    """`params` with the tuned distill values applied; unchanged when tuning is disabled.
+
+    For the `distill` stage: `params = apply_best_params(load_params())`.
+    """
+    if not params.tune.enabled:
+        return params
+    path = Path(path) if path is not None else REPO.tuned_params
+    try:
+        best = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found; run the tune stage first (dvc repro tune) or set tune.enabled: false"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); run the tune stage again") from None
+    if not best.get("enabled"):
+        return params
+    overrides = best.get("overrides") or {}
+    if bad := [key for key in overrides if not key.startswith("distill.")]:
+        raise ConfigError(f"{path}: overrides outside the distill section ({', '.join(bad)}); run the tune stage again")
+    return with_section(params, "distill", {key.removeprefix("distill."): value for key, value in overrides.items()})

@@ -1,8 +1,6 @@
 """DVC stage `train_teacher`: train the teacher on the balanced train split, track it in MLflow."""
 
-from hdkd.config import load_params
-from hdkd.train import train_stage
-from pipelines._entry import run_stage
+from hdkd.stages import run
 
 if __name__ == "__main__":
-    run_stage(lambda: train_stage(load_params(), "teacher"))
+    run("train_teacher")

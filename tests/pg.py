@@ -10,7 +10,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.helpers import free_port
 
 INSTALL_HINT = "PostgreSQL server binaries (initdb, pg_ctl) not found: .ci/run installs Debian's `postgresql` package"
 
@@ -32,12 +33,6 @@ def _bindir() -> Path:
     return Path(candidates[-1]).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def postgres_server(database: str = "optuna") -> Iterator[str]:
     """Start a server, create `database`, yield its SQLAlchemy URL; stop and delete it at the end."""
@@ -47,7 +42,7 @@ def postgres_server(database: str = "optuna") -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="hdkd-pg-"))
     if as_root:
         shutil.chown(root, "postgres", "postgres")
-    data, log, port = root / "data", root / "server.log", _free_port()
+    data, log, port = root / "data", root / "server.log", free_port()
 
     def run(*args: str) -> None:
         done = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=120)

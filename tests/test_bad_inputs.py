@@ -9,7 +9,7 @@ checks three things:
 (b) the message names the offending thing (file, key, class, URL) and says what to do;
 (c) nothing half-written: tmp_path holds, after the call, exactly the files and folders it held before,
     byte for byte (no output, no torn output over a previous one, no `.<name>.*.tmp` left by
-    hdkd.io.atomic_path/atomic_dir, no file created by a malicious pickle).
+    hdkd.files.atomic_path/atomic_dir, no file created by a malicious pickle).
 
 Covered elsewhere, not repeated here: ingest of a truncated JPEG, a zero-byte PNG and a text file named .png,
 an empty class folder, a missing data.path, a brain_tumor_mri tree without Testing, a HAM CSV without a column
@@ -45,7 +45,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hdkd.checkpoint import CheckpointError, save_checkpoint
+from hdkd.checkpoint import CheckpointError, load_trained, save_checkpoint
 from hdkd.cli import main
 from hdkd.config import ConfigError, load_params, params_from_dict, save_overrides
 from hdkd.data import DataError
@@ -55,9 +55,9 @@ from hdkd.errors import HDKDError
 from hdkd.layout import Layout
 from hdkd.models import build_model
 from hdkd.tracking import TrackingError
-from hdkd.train import load_trained, model_meta, train, train_stage
+from hdkd.train import model_meta, train, train_stage
 from tests import data_layouts as layouts
-from tests.conftest import toy_images
+from tests.helpers import toy_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = params_from_dict({"model": {"preset": "tiny"}, "data": {"num_workers": 0}})  # 32 px images

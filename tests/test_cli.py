@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
 from hdkd.cli import app
-from tests.test_models import PAPER_PARAMS
+from tests.helpers import PAPER_PARAMS
 
 
 def test_info_lists_every_preset_with_the_pinned_paper_counts():

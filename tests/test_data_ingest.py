@@ -9,7 +9,7 @@ from PIL import Image
 
 from hdkd.data import MANIFEST_COLUMNS, DataError
 from hdkd.data.ingest import ingest, read_classes, read_manifest
-from hdkd.io import sha256_file
+from hdkd.files import sha256_file
 from tests import data_layouts as layouts
 
 

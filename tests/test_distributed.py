@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from hdkd.models import build_model
-from tests.conftest import toy_images
+from tests.helpers import toy_images
 from tests.repo import REPO, run
 
 TINY_TRAINING = {"epochs": 2, "batch_size": 16, "lr": 0.002, "warmup_epochs": 0}

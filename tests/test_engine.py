@@ -3,7 +3,7 @@ import torch
 
 from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from hdkd.config import DistillParams, TrainParams
-from hdkd.engine import Callback, Trainer, evaluate
+from hdkd.engine import Callback, Trainer, validation_metrics
 from hdkd.models import build_model
 
 CLASSES = ["a", "b", "c"]
@@ -39,7 +39,7 @@ def make_trainer(kind, out_dir, params=FAST, teacher=None, callbacks=()):
 
 @pytest.fixture(scope="module")
 def trained_teacher(tmp_path_factory):
-    from tests.conftest import toy_loader
+    from tests.helpers import toy_loader
 
     trainer = make_trainer("teacher", tmp_path_factory.mktemp("teacher"))
     result = trainer.fit(toy_loader(192, 3, seed=0), toy_loader(96, 3, seed=1, shuffle=False))
@@ -49,7 +49,7 @@ def trained_teacher(tmp_path_factory):
 def test_teacher_learns_above_chance_and_keeps_best_on_validation(trained_teacher, toy_loaders):
     model, result = trained_teacher
     _, val = toy_loaders
-    metrics = evaluate(model, val, CLASSES)
+    metrics = validation_metrics(model, val, CLASSES)
     assert metrics["accuracy"] > 0.6  # chance is 1/3
     assert result.best_score == max(h["val_macro_f1"] for h in result.history)
     assert load_checkpoint(result.best_path)["meta"]["epoch"] == result.best_epoch

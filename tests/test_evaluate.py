@@ -9,22 +9,19 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from hdkd.checkpoint import save_checkpoint
+from hdkd.checkpoint import load_trained, save_checkpoint
 from hdkd.config import Params
 from hdkd.data.loading import eval_transform
 from hdkd.evaluate import (
-    GRADCAM_MIN_SIZE,
     HEADLINE,
     EvaluationError,
-    comparison_sentence,
     evaluate,
-    gradcam_picks,
-    summary_rows,
 )
+from hdkd.gradcam import GRADCAM_MIN_SIZE, gradcam_picks
 from hdkd.models import build_model
 from hdkd.models.complexity import count_parameters
-from hdkd.train import load_trained
-from tests.conftest import toy_images
+from hdkd.report import comparison, model_reports, verdict
+from tests.helpers import toy_images
 
 CLASSES = ["akiec", "bcc", "nv"]
 SIZE = 32
@@ -48,7 +45,9 @@ def write_checkpoint(path, kind, classes=CLASSES, seed=0):
 
 
 def tiny_params():
-    return Params.model_validate({"data": {"image_size": SIZE, "num_workers": 0}, "model": {"preset": "tiny"}})
+    return Params.model_validate(
+        {"data": {"image_size": SIZE, "num_workers": 0}, "model": {"preset": "tiny"}, "tune": {"enabled": False}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +80,25 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
-def test_headline_metrics_file_has_three_models_and_scores_in_unit_range(evaluated):
+def test_headline_metrics_file_has_three_models_with_intervals_and_the_comparison(evaluated):
     reports = evaluated["reports"]
     metrics = json.loads((reports / "metrics" / "evaluate.json").read_text())
     assert metrics == evaluated["headline"]
-    assert set(metrics) == set(KINDS)
-    for scores in metrics.values():
-        assert set(scores) == set(HEADLINE)  # per-class and confusion matrices live elsewhere
-        assert all(scores[key] is not None and 0.0 <= scores[key] <= 1.0 for key in HEADLINE)
+    assert set(metrics) == {*KINDS, "hdkd_vs_student"}
     for kind in KINDS:
+        scores = metrics[kind]
+        assert set(scores) == {*HEADLINE, "accuracy_ci_low", "accuracy_ci_high", "macro_f1_ci_low", "macro_f1_ci_high"}
+        assert all(scores[key] is not None and 0.0 <= scores[key] <= 1.0 for key in scores)
+        for key in ("accuracy", "macro_f1"):
+            assert scores[f"{key}_ci_low"] <= scores[key] <= scores[f"{key}_ci_high"]
         detail = json.loads((reports / "evaluate" / f"{kind}.json").read_text())
         assert set(detail["metrics"]["per_class"]) == set(CLASSES)
         assert np.asarray(detail["metrics"]["confusion_matrix"]).sum() == N_TEST
+    diff = metrics["hdkd_vs_student"]
+    expected = metrics["distilled"]["macro_f1"] - metrics["student"]["macro_f1"]
+    assert diff["macro_f1_diff"] == pytest.approx(expected)
+    assert diff["macro_f1_diff_ci_low"] <= diff["macro_f1_diff"] <= diff["macro_f1_diff_ci_high"]
+    assert 0.0 <= diff["mcnemar_p"] <= 1.0
 
 
 def test_plot_data_agrees_with_the_metrics(evaluated):
@@ -133,16 +139,18 @@ def test_teacher_accuracy_matches_an_independent_forward_pass(evaluated):
 
 
 def test_summary_puts_the_three_models_side_by_side(evaluated):
-    rows = summary_rows(evaluated["reports"])
-    assert [row["model"] for row in rows] == list(KINDS)
-    for row in rows:
-        expected = count_parameters(build_model(row["model"], "tiny", len(CLASSES), img_size=SIZE))
-        assert row["parameters"] == expected
-        assert row["macs"] > 0 and row["latency_ms"] > 0
+    reports = model_reports(evaluated["reports"])
+    assert list(reports) == list(KINDS)
+    for kind, report in reports.items():
+        expected = count_parameters(build_model(kind, "tiny", len(CLASSES), img_size=SIZE))
+        assert report["complexity"]["parameters"] == expected
+        assert report["complexity"]["macs"] > 0 and report["complexity"]["latency_ms"] > 0
     summary = (evaluated["reports"] / "summary.md").read_text()
     table = [line for line in summary.splitlines() if line.startswith("| ") and "Model" not in line]
-    assert [line.split(" | ")[0] for line in table[:3]] == ["| Teacher (CNN)", "| Student, no KD", "| HDKD student"]
-    assert comparison_sentence(rows) in summary
+    labels = [line.split("|")[1].strip() for line in table[:3]]
+    assert labels == ["Teacher (CNN)", "Plain student (no KD)", "HDKD student"]
+    assert verdict(comparison(evaluated["reports"])) in summary
+    assert "Neither student was tuned" in summary  # tune.enabled is false in these params
 
 
 def test_gradcam_overlays_for_teacher_and_hdkd_only(evaluated):
@@ -198,32 +206,6 @@ def test_checkpoint_given_under_the_wrong_name_is_refused(tmp_path):
     models = {"teacher": write_checkpoint(tmp_path / "student.pt", "student")}
     with pytest.raises(EvaluationError, match="holds a 'student' network but was given as the 'teacher' model"):
         evaluate(tiny_params(), models, test_data, tmp_path / "reports")
-
-
-def test_comparison_says_plainly_when_hdkd_did_not_beat_the_plain_student():
-    student = {"model": "student", "macro_f1": 0.61, "accuracy": 0.70, "balanced_accuracy": 0.6}
-    hdkd = {"model": "distilled", "macro_f1": 0.58, "accuracy": 0.66, "balanced_accuracy": 0.55}
-    common = {"test_images": 100, "num_classes": 7}
-    sentence = comparison_sentence([{**student, **common}, {**hdkd, **common}])
-    assert sentence.startswith("HDKD did not beat the plain student on this data")
-    assert sentence.endswith("the accuracy gap is 4 of 100 test images.")
-    agreeing = comparison_sentence(
-        [{**student, **common, "teacher_agreement": 0.5}, {**hdkd, **common, "teacher_agreement": 0.875}]
-    )
-    assert agreeing.endswith(
-        "HDKD predicts the teacher's class for 87.5% of the test images, the plain student for 50.0%."
-    )
-    better = comparison_sentence([{**student, **common}, {**hdkd, **common, "macro_f1": 0.65}])
-    assert better.startswith("HDKD beat the plain student")
-
-
-def test_comparison_does_not_read_a_gap_between_chance_level_models():
-    common = {"test_images": 70, "num_classes": 7, "balanced_accuracy": 1 / 7}
-    rows = [
-        {"model": "student", "macro_f1": 0.02, "accuracy": 0.1, **common},
-        {"model": "distilled", "macro_f1": 0.10, "accuracy": 0.6, **common},
-    ]
-    assert "both are at chance level" in comparison_sentence(rows)
 
 
 def test_gradcam_picks_cover_every_class_before_repeating_one():

@@ -2,73 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
-from hdkd.checkpoint import save_checkpoint
+from hdkd.compile import CompileError, ParityError, compile_student, parity, parity_failure
 from hdkd.config import CompileParams
-from hdkd.data.arrays import save_split
-from hdkd.export import (
-    FILES,
-    MANIFEST,
-    CompileError,
-    OnnxRunner,
-    ParityError,
-    compile_student,
-    load_runner,
-    parity,
-    parity_failure,
-    preprocess,
-    tensorrt_unavailable,
-)
-from hdkd.models import build_model
-from tests.conftest import toy_images
-
-CLASSES = ["akiec", "bcc", "nv"]
-SIZE = 32
-
-
-@dataclass(frozen=True)
-class Student:
-    checkpoint: Path
-    val: Path
-
-
-def write_split(path: Path, n: int, classes: list[str], seed: int = 1) -> Path:
-    """A split file as the split stage writes it."""
-    images, labels = toy_images(n, len(classes), SIZE, seed)
-    save_split(path, images, labels, classes, np.array([f"{i}.png" for i in range(n)]))
-    return path
-
-
-def write_student(root: Path) -> Student:
-    """A tiny HDKD student checkpoint (random weights: parity does not need a trained one) and a val split."""
-    root.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = build_model("distilled", "tiny", len(CLASSES), img_size=SIZE)
-    meta = {"kind": "distilled", "preset": "tiny", "block": "mbcsa", "img_size": SIZE, "classes": CLASSES}
-    save_checkpoint(root / "best.pt", {"model": model.state_dict(), "meta": meta})
-    return Student(root / "best.pt", write_split(root / "val.npz", 24, CLASSES))
-
-
-FAST = CompileParams(targets=["onnx", "torch_export", "tensorrt"], max_batch=16, latency_repeats=3)
-
-
-@functools.cache
-def compiled_student(base: Path) -> tuple[Student, Path, dict]:
-    """Compiled once per test session (the ONNX export is the slow part), shared by the test modules."""
-    student = write_student(base / "student")
-    out = base / "compiled"
-    metrics = compile_student(FAST, student.checkpoint, student.val, out, base / "compile.json", log=lambda _: None)
-    return student, out, metrics
+from hdkd.runtime import FILES, MANIFEST, OnnxRunner, load_runner, preprocess
+from hdkd.tensorrt import tensorrt_unavailable
+from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +95,7 @@ def test_a_tampered_onnx_model_fails_parity_with_a_clear_message(compiled, tmp_p
 
 
 def test_the_stage_fails_on_a_parity_failure_and_keeps_the_previous_output(compiled, tmp_path, monkeypatch):
-    import hdkd.export
+    import hdkd.compile
 
     student, _, _ = compiled
     out = tmp_path / "compiled"
@@ -162,7 +108,7 @@ def test_the_stage_fails_on_a_parity_failure_and_keeps_the_previous_output(compi
         _tamper(path)
         return path
 
-    monkeypatch.setattr(hdkd.export, "export_onnx", export_tampered)
+    monkeypatch.setattr(hdkd.compile, "export_onnx", export_tampered)
     params = CompileParams(targets=["onnx"], max_batch=16, latency_repeats=3)
     with pytest.raises(ParityError, match=r"onnx: max \|logit diff\| 1 > 0\.001"):
         compile_student(params, student.checkpoint, student.val, out, tmp_path / "compile.json", log=lambda _: None)

@@ -25,7 +25,7 @@ from hdkd.config import Params, params_from_dict
 from hdkd.data.arrays import save_split
 from hdkd.engine import Callback
 from hdkd.train import train
-from tests.conftest import toy_images
+from tests.helpers import toy_images
 from tests.repo import REPO, env, make_repo, run
 
 CLASSES = ["a", "b", "c"]

@@ -10,12 +10,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from hdkd.checkpoint import load_trained
 from hdkd.cli import app
-from hdkd.export import preprocess, softmax
 from hdkd.predict import PredictError, Predictor, find_images
-from hdkd.train import load_trained
-from tests.conftest import toy_images
-from tests.test_export import CLASSES, SIZE, compiled_student
+from hdkd.runtime import preprocess, softmax
+from tests.helpers import CLASSES, SIZE, compiled_student, toy_images
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from flows.local import prefect_env, wait_for
+from flows.local import prefect_env
+from tests.helpers import free_port, wait_http
 from tests.repo import VENV_BIN, env, make_repo, run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_flow_in(repo, **parameters):
@@ -78,7 +72,7 @@ def test_real_server_runs_the_served_deployment_from_the_cli(pipeline_repo, tmp_
             start_new_session=True,
         )
         started.append(server)
-        wait_for(f"{server_env['PREFECT_API_URL']}/health", 180, server)
+        wait_http(f"{server_env['PREFECT_API_URL']}/health", 180, server)
         served_log = open(tmp_path / "served.log", "w")  # noqa: SIM115 (closed with the process)
         served = subprocess.Popen(
             [sys.executable, "-m", "flows.serve"],
@@ -89,7 +83,7 @@ def test_real_server_runs_the_served_deployment_from_the_cli(pipeline_repo, tmp_
             start_new_session=True,
         )
         started.append(served)
-        wait_for(f"{server_env['PREFECT_API_URL']}/deployments/name/hdkd/full", 180, served)
+        wait_http(f"{server_env['PREFECT_API_URL']}/deployments/name/hdkd/full", 180, served)
         result = subprocess.run(
             [
                 str(VENV_BIN / "prefect"),

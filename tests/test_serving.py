@@ -7,10 +7,8 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,8 +22,7 @@ from PIL import Image
 
 from hdkd.predict import COMPILED_TAG, Predictor, resolve_model
 from hdkd.serving import ServingError, log_compiled_artifacts, log_student_pyfunc, request_batch
-from tests.conftest import toy_images
-from tests.test_export import CLASSES, SIZE, compiled_student
+from tests.helpers import CLASSES, SIZE, compiled_student, free_port, toy_images, wait_http
 
 NAME = "hdkd-student"
 VENV_BIN = Path(sys.executable).parent
@@ -96,12 +93,6 @@ def test_compiled_artifacts_are_logged_and_tagged_and_found_by_predict(registry)
     assert Predictor.load(f"models:/{NAME}@champion").backend == "onnx"  # the pyfunc's own compiled folder
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
@@ -111,7 +102,7 @@ def _post(url: str, payload: dict) -> dict:
 
 
 def test_mlflow_models_serve_answers_with_class_and_probabilities(registry):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",  # the server execs `uvicorn` from PATH
@@ -126,15 +117,10 @@ def test_mlflow_models_serve_answers_with_class_and_probabilities(registry):
             command, cwd=registry["root"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, f"mlflow models serve exited:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                assert time.monotonic() < deadline, f"no answer on /ping after 90 s:\n{log.read_text()[-3000:]}"
-                time.sleep(0.5)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", 90, server)
+        except (TimeoutError, RuntimeError) as error:
+            raise AssertionError(f"{error}:\n{log.read_text()[-3000:]}") from None
         images = [_png(4), _png(5, size=64)]
         encoded = [base64.b64encode(png).decode() for png in images]
         url = f"http://127.0.0.1:{port}/invocations"

@@ -17,22 +17,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hdkd.config import ConfigError, Params, params_from_dict
+from hdkd.config import ConfigError, Params, params_from_dict, with_section
 from hdkd.data.arrays import save_split
 from hdkd.layout import Layout
-from hdkd.train import train
-from hdkd.tune import (
-    PARENT_RUN_ATTR,
-    TuneError,
-    apply_best_params,
-    best_params_path,
-    open_storage,
-    run_worker,
-    study_name,
-    tune_stage,
-    with_distill,
-)
-from tests.conftest import toy_images
+from hdkd.train import apply_best_params, train
+from hdkd.tune import TuneError, run_worker, study_name, tune_stage
+from hdkd.tune.storage import open_storage
+from hdkd.tune.worker import PARENT_RUN_ATTR
+from tests.helpers import toy_images
 from tests.pg import postgres_server
 
 CLASSES = ["a", "b", "c"]
@@ -135,7 +127,7 @@ def check_exact_study(
         assert {f"distill.{key}" for key in BUDGET_SPACE} <= set(run.data.params)
     assert {run.data.tags["tune.worker"] for run in children} == workers
 
-    best = json.loads(best_params_path(layout).read_text())
+    best = json.loads(layout.tuned_params.read_text())
     assert best["enabled"] and best["best_value"] == study.best_value
     assert set(best["overrides"]) == {f"distill.{key}" for key in BUDGET_SPACE}
     metrics = json.loads((layout.metrics / "tune.json").read_text())
@@ -190,7 +182,7 @@ def pruned_study(workspace, tmp_path_factory) -> tuple[Params, dict]:
             torch.set_num_threads(before)
     for name in ("history", "importances", "intermediate"):
         assert (workspace.reports / "plots" / f"tune_{name}.png").stat().st_size > 1000
-    return params, json.loads(best_params_path(workspace).read_text())
+    return params, json.loads(workspace.tuned_params.read_text())
 
 
 def test_median_pruner_stops_bad_trials(pruned_study):
@@ -235,11 +227,11 @@ def test_disabled_tuning_writes_its_outputs_and_changes_nothing(tmp_path):
     layout = Layout(tmp_path)
     params = make_params("sqlite:///unused.db", enabled=False)
     assert tune_stage(params, layout) == {"enabled": False}
-    assert json.loads(best_params_path(layout).read_text()) == {"enabled": False}
+    assert json.loads(layout.tuned_params.read_text()) == {"enabled": False}
     assert (layout.reports / "plots" / "tune_history.png").is_file()
     assert apply_best_params(params, tmp_path / "absent.json") is params
     enabled = make_params("sqlite:///unused.db")
-    assert apply_best_params(enabled, best_params_path(layout)) is enabled  # the file says tuning was off
+    assert apply_best_params(enabled, layout.tuned_params) is enabled  # the file says tuning was off
 
 
 def test_apply_best_params_merges_overrides_into_distill(tmp_path):
@@ -249,10 +241,10 @@ def test_apply_best_params_merges_overrides_into_distill(tmp_path):
     tuned = apply_best_params(params, path)
     assert (tuned.distill.lr, tuned.distill.stages) == (0.004, [2, 3])
     assert tuned.distill.epochs == params.distill.epochs and tuned.teacher == params.teacher
-    with pytest.raises(TuneError, match="run the tune stage first"):
+    with pytest.raises(ConfigError, match="run the tune stage first"):
         apply_best_params(params, tmp_path / "absent.json")
     path.write_text(json.dumps({"enabled": True, "overrides": {"distill.alpha": 3.0}}))
-    with pytest.raises(TuneError, match=r"distill\.alpha"):
+    with pytest.raises(ConfigError, match=r"distill\.alpha"):
         apply_best_params(params, path)
 
 
@@ -289,7 +281,7 @@ def test_empty_space_and_missing_inputs_are_clear_errors(tmp_path):
 def test_budget_counts_requeued_interruptions_once(workspace, tmp_path):
     """A trial interrupted and re-queued (Optuna's retry callback) is not counted twice."""
     params = make_params(f"sqlite:///{tmp_path}/optuna.db", n_trials=3)
-    from hdkd.tune import budget_used, prepare_study
+    from hdkd.tune.storage import budget_used, prepare_study
 
     study, queued = prepare_study(params, workspace)
     assert queued == 3 and budget_used(study.trials) == 3
@@ -314,9 +306,11 @@ def test_the_study_is_named_after_its_inputs(workspace, tmp_path):
     name = study_name(params, workspace)
     assert name.startswith(f"{params.tune.study_name}-")
     more_trials = params.model_copy(update={"tune": params.tune.model_copy(update={"n_trials": 50})})
-    searched_key_moved = with_distill(params, {"lr": 0.5, "epochs": 99})  # lr is searched, epochs unused by trials
+    searched_key_moved = with_section(
+        params, "distill", {"lr": 0.5, "epochs": 99}
+    )  # lr is searched, epochs unused by trials
     assert study_name(more_trials, workspace) == study_name(searched_key_moved, workspace) == name
-    assert study_name(with_distill(params, {"batch_size": 8}), workspace) != name
+    assert study_name(with_section(params, "distill", {"batch_size": 8}), workspace) != name
 
     other = Layout(tmp_path)
     for path in (workspace.checkpoint("teacher"), workspace.balanced / "train.npz", workspace.split / "val.npz"):

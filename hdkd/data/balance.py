@@ -23,7 +23,7 @@ from hdkd.config import Params
 from hdkd.data import DataError
 from hdkd.data.arrays import load_split, save_split
 from hdkd.data.ingest import read_manifest
-from hdkd.io import atomic_dir
+from hdkd.files import atomic_dir
 
 log = logging.getLogger(__name__)
 

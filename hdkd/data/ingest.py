@@ -22,7 +22,7 @@ from tqdm import tqdm
 from hdkd.config import Params
 from hdkd.data import MANIFEST_COLUMNS, DataError
 from hdkd.data.sources import Record, Source, load_source
-from hdkd.io import atomic_dir, sha256_file
+from hdkd.files import atomic_dir, sha256_file
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 

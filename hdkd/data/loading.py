@@ -1,7 +1,7 @@
 """Training-side data API: decoded split arrays -> augmented tensors -> DataLoader.
 
-The paper's augmentation (MODEL_SPEC.md) on uint8 CHW tensors for train; resize + normalise
-for eval. Pixels come from the decoded caches, so epochs never touch image files.
+The HDKD paper's augmentation (El-Assiouti et al., Eng. Appl. of AI, 2024) on uint8 CHW tensors for
+train; resize + normalise for eval. Pixels come from the decoded caches, so epochs never touch image files.
 """
 
 from __future__ import annotations

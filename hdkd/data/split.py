@@ -25,7 +25,7 @@ from hdkd.config import Params
 from hdkd.data import SPLITS, DataError
 from hdkd.data.arrays import save_split
 from hdkd.data.ingest import read_classes, read_manifest
-from hdkd.io import atomic_dir
+from hdkd.files import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import pandas as pd
 from hdkd.config import Params
 from hdkd.data import MANIFEST_COLUMNS, DataError
 from hdkd.data.ingest import read_classes, read_manifest
-from hdkd.io import atomic_dir, write_json
+from hdkd.files import atomic_dir, write_json
 
 SUITE = "raw_manifest"
 SPLIT_VALUES = ["", "train", "val", "test"]

@@ -1,4 +1,7 @@
-"""Convolutional building blocks shared by the HDKD teacher and student (MODEL_SPEC.md)."""
+"""Convolutional building blocks shared by the HDKD teacher and student.
+
+As described in the HDKD paper (El-Assiouti et al., Eng. Appl. of AI, 2024).
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from hdkd.models.blocks import make_stage
 from hdkd.models.dflt import DFLT
 
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-KINDS = ("teacher", "student", "distilled")
+from hdkd.kinds import KINDS  # noqa: E402  (the one list of network kinds)
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,12 @@ class HDKDStudent(_ConvStages):
         expansion: int = 4,
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
+        predict_heads: str = "both",
     ):
         super().__init__(depths, channels, block, in_chans)
+        if predict_heads not in ("both", "class"):
+            raise ValueError(f"predict_heads must be 'both' or 'class', not {predict_heads!r}")
+        self.predict_heads = predict_heads  # "class": a student whose distillation head learnt nothing
         if img_size % (8 * patch):
             raise ValueError(f"image size {img_size} must be divisible by 8 * patch = {8 * patch}")
         self.img_size = img_size
@@ -144,7 +148,7 @@ class HDKDStudent(_ConvStages):
         dist_logits = self.head_dist(tokens[:, 1])
         if self.training:
             return logits, dist_logits
-        return (logits + dist_logits) / 2
+        return logits if self.predict_heads == "class" else (logits + dist_logits) / 2
 
 
 def build_model(kind: str, preset: str, num_classes: int = 7, **kwargs: Any) -> HDKDTeacher | HDKDStudent:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -31,25 +30,26 @@ import torch
 from torch import nn
 
 from hdkd.config import CompileParams, Params
-from hdkd.errors import HDKDError
-from hdkd.io import atomic_dir, sha256_file, write_json
+from hdkd.files import atomic_dir, sha256_file, write_json
 from hdkd.layout import REPO, Layout
+from hdkd.runtime import (
+    FILES,
+    INPUT_NAME,
+    MANIFEST,
+    OUTPUT_NAME,
+    ArtifactError,
+    Runner,
+    TorchRunner,
+    load_runner,
+    preprocess,
+)
+from hdkd.timing import cpu_name, measure_latency
 
 TARGETS = ("onnx", "torch_export", "aoti", "tensorrt")
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-MANIFEST = "manifest.json"
-FILES = {
-    "onnx": "student.onnx",
-    "torch_export": "student.pt2",
-    "aoti": "student_aoti.pt2",
-    "tensorrt_fp32": "student_trt_fp32.ep",
-    "tensorrt_fp16": "student_trt_fp16.ep",
-}
 LATENCY_BATCHES = (1, 16)
-LATENCY_WARMUP = 3
 
 
-class CompileError(HDKDError, RuntimeError):
+class CompileError(ArtifactError):
     """An artifact that cannot be built or loaded, or input the stage cannot use."""
 
 
@@ -61,146 +61,15 @@ class TargetUnavailable(Exception):
     """A target this machine cannot build (no GPU, no torch-tensorrt, no C++ compiler): recorded as skipped."""
 
 
-def cpu_name() -> str:
-    """The CPU model and torch's vector ISA: latency figures mean little without them."""
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
-    """uint8 NHWC images -> float32 NCHW model input: the training eval transform (resize, ImageNet norm)."""
-    from hdkd.data.loading import eval_transform
-
-    transform = eval_transform(image_size)
-    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    if len(chw) == 0:
-        return np.zeros((0, 3, image_size, image_size), dtype=np.float32)
-    return torch.stack([transform(image) for image in chw]).numpy().astype(np.float32, copy=False)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-# --------------------------------------------------------------------------------------------- runners
-
-
-class Runner:
-    """Logits of a float32 NCHW batch through one backend; batches above `max_batch` go in chunks."""
-
-    def __init__(self, name: str, max_batch: int, device: str = "cpu"):
-        self.name, self.max_batch, self.device = name, max_batch, device
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """One call of the backend; `len(x)` is within 1..max_batch."""
-        raise NotImplementedError
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        chunks = [self.run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-
-
-class TorchRunner(Runner):
-    """Any tensor -> tensor callable: an eager module, an exported program's module, an AOTI or TensorRT runner."""
-
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[[torch.Tensor], torch.Tensor],
-        max_batch: int,
-        device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ):
-        super().__init__(name, max_batch, device)
-        self.fn, self.dtype = fn, dtype
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.fn(torch.from_numpy(x).to(self.device, self.dtype))
-        return out.float().cpu().numpy()
-
-
-class OnnxRunner(Runner):
-    def __init__(self, name: str, path: str | Path, max_batch: int, threads: int | None = None):
-        super().__init__(name, max_batch)
-        self.session = onnx_session(path, threads)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """ONNX Runtime on the CPU with every graph optimisation (conv+BN folding, attention and GELU fusion)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-    # No busy-waiting between calls: spinning threads steal the cores from whatever runs next (measured:
-    # eager PyTorch interleaved with a spinning session ran 3-4x slower), at no cost to ORT's own latency.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # ORT raises its own exception types for unreadable or invalid graphs
-        raise CompileError(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
-
-
-def load_runner(folder: str | Path, name: str, manifest: Mapping[str, Any] | None = None) -> Runner:
-    """Open one artifact of a compiled folder (`onnx`, `torch_export`, `aoti`, `tensorrt_fp32`, `tensorrt_fp16`)."""
-    folder = Path(folder)
-    manifest = manifest or read_manifest(folder)
-    entry = manifest["artifacts"].get(name)
-    if entry is None:
-        raise CompileError(f"{folder}: no {name!r} artifact (built: {sorted(manifest['artifacts'])})")
-    path, max_batch = folder / entry["file"], int(manifest["input"]["max_batch"])
-    if not path.is_file():
-        raise CompileError(f"{path}: listed in {folder / MANIFEST} but missing")
-    if name == "onnx":
-        return OnnxRunner(name, path, max_batch)
-    if name == "torch_export":
-        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch)
-    if name == "aoti":
-        return TorchRunner(name, torch._inductor.aoti_load_package(str(path)), max_batch)
-    if name.startswith("tensorrt"):
-        if reason := tensorrt_unavailable():
-            raise CompileError(f"{path}: cannot run a TensorRT artifact here: {reason}")
-        import torch_tensorrt  # noqa: F401  (registers the TensorRT engine class that the program refers to)
-
-        dtype = torch.float16 if entry["precision"] == "fp16" else torch.float32
-        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch, "cuda", dtype)
-    raise CompileError(f"{folder / MANIFEST}: unknown artifact kind {name!r}")
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    import json
-
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise CompileError(f"{folder}: not a compiled model folder (no {MANIFEST}; run the compile stage)")
-    return json.loads(path.read_text())
-
-
 # ----------------------------------------------------------------------------------------------- build
 
 
-def _batch_dim(max_batch: int) -> dict[str, dict[int, Any]]:
+def batch_dim(max_batch: int) -> dict[str, dict[int, Any]]:
     # Keyed by the forward's argument name; min=1 keeps single images legal although we trace with 2.
     return {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}}
 
 
-def _example(image_size: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def example_input(image_size: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     # Batch 2: a batch-1 example makes torch.export specialise the batch axis to 1.
     return torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
@@ -212,11 +81,11 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, max_batch: 
     path = Path(path)
     torch.onnx.export(
         model.eval(),
-        (_example(image_size),),
+        (example_input(image_size),),
         str(path),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        dynamic_shapes=_batch_dim(max_batch),
+        dynamic_shapes=batch_dim(max_batch),
         external_data=False,
         verbose=False,
     )
@@ -229,7 +98,7 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, max_batch: 
 
 def export_program(model: nn.Module, path: str | Path, image_size: int, max_batch: int) -> torch.export.ExportedProgram:
     """A `torch.export` program of the eval-mode network (HDKD: the mean of both heads), saved to `path`."""
-    program = torch.export.export(model.eval(), (_example(image_size),), dynamic_shapes=_batch_dim(max_batch))
+    program = torch.export.export(model.eval(), (example_input(image_size),), dynamic_shapes=batch_dim(max_batch))
     torch.export.save(program, str(path))
     return program
 
@@ -242,51 +111,8 @@ def export_aoti(model: nn.Module, path: str | Path, image_size: int, max_batch: 
     """AOTInductor: the exported program compiled to a C++ shared library, packaged as `.pt2`."""
     if cpp_compiler() is None:
         raise TargetUnavailable("no C++ compiler (g++, c++ or clang++ on PATH, or $CXX) for AOTInductor")
-    program = torch.export.export(model.eval(), (_example(image_size),), dynamic_shapes=_batch_dim(max_batch))
+    program = torch.export.export(model.eval(), (example_input(image_size),), dynamic_shapes=batch_dim(max_batch))
     return Path(torch._inductor.aoti_compile_and_package(program, package_path=str(path)))
-
-
-def tensorrt_unavailable() -> str | None:
-    """Why TensorRT cannot run here, or None. torch-tensorrt is imported only on this call."""
-    reasons = []
-    if not torch.cuda.is_available():
-        reasons.append("no CUDA GPU (torch.cuda.is_available() is False)")
-    try:
-        import torch_tensorrt  # noqa: F401
-    except Exception as error:  # ImportError when absent; OSError/RuntimeError when TensorRT libraries are missing
-        reasons.append(f"torch-tensorrt is not usable ({type(error).__name__}: {str(error).splitlines()[0]})")
-    return "; ".join(reasons) or None
-
-
-def compile_tensorrt(model: nn.Module, folder: Path, image_size: int, max_batch: int) -> dict[str, Path]:
-    """fp32 and fp16 TensorRT engines with a dynamic batch 1..max_batch, saved with `torch_tensorrt.save`."""
-    if reason := tensorrt_unavailable():
-        raise TargetUnavailable(reason)
-    import torch_tensorrt
-
-    built = {}
-    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-        # Explicit typing: the network's own dtype decides the engine precision (fp16 = a half copy).
-        net = copy.deepcopy(model).to("cuda", dtype).eval()
-        example = _example(image_size, "cuda", dtype)
-        shapes = _batch_dim(max_batch)
-        program = torch.export.export(net, (example,), dynamic_shapes=shapes)
-        engine = torch_tensorrt.dynamo.compile(
-            program,
-            inputs=[
-                torch_tensorrt.Input(
-                    min_shape=(1, 3, image_size, image_size),
-                    opt_shape=(min(16, max_batch), 3, image_size, image_size),
-                    max_shape=(max_batch, 3, image_size, image_size),
-                    dtype=dtype,
-                )
-            ],
-            disable_tf32=precision == "fp32",  # TF32 matmuls alone would break the 1e-3 fp32 parity
-        )
-        path = folder / FILES[f"tensorrt_{precision}"]
-        torch_tensorrt.save(engine, str(path), arg_inputs=[example], dynamic_shapes=shapes)
-        built[f"tensorrt_{precision}"] = path
-    return built
 
 
 # ---------------------------------------------------------------------------------- parity and latency
@@ -318,31 +144,6 @@ def thresholds(params: CompileParams, precision: str) -> tuple[float, float]:
     return params.parity_max_abs_diff, params.parity_min_agreement
 
 
-def measure_latency(
-    runners: Mapping[str, Runner], batch: np.ndarray, repeats: int, warmup: int = LATENCY_WARMUP
-) -> dict[str, dict[str, float]]:
-    """Median and p90 milliseconds of one call per runner on `batch`.
-
-    Rounds are interleaved (a, b, c, a, b, c, ...) so that load from other processes hits every
-    backend alike: ratios stay fair on a busy machine even when absolute times do not.
-    """
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner.run(batch)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, runner in runners.items():
-            began = time.perf_counter()
-            runner.run(batch)
-            if runner.device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(1000 * (time.perf_counter() - began))
-    return {
-        name: {"median_ms": float(np.median(values)), "p90_ms": float(np.percentile(values, 90))}
-        for name, values in times.items()
-    }
-
-
 def latency_batch(images: np.ndarray, size: int, image_size: int) -> np.ndarray:
     """`size` preprocessed real images (repeated when the split is smaller)."""
     reps = -(-size // len(images))
@@ -354,6 +155,16 @@ def split_logits(runner: Runner, images: np.ndarray, image_size: int, chunk: int
     return np.concatenate([runner(preprocess(images[i : i + chunk], image_size)) for i in range(0, len(images), chunk)])
 
 
+def _timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], object]:
+    def call() -> object:
+        out = runner.run(batch)
+        if runner.device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return call
+
+
 def latency_table(
     runners: Mapping[str, Runner], images: np.ndarray, image_size: int, max_batch: int, repeats: int
 ) -> dict[str, dict[str, float]]:
@@ -361,7 +172,8 @@ def latency_table(
     latency: dict[str, dict[str, float]] = {name: {} for name in runners}
     for size in sorted({min(size, max_batch) for size in LATENCY_BATCHES}):
         batch = latency_batch(images, size, image_size)
-        for name, times in measure_latency(runners, batch, repeats).items():
+        calls = {name: _timed_call(runner, batch) for name, runner in runners.items()}
+        for name, times in measure_latency(calls, repeats).items():
             latency[name].update({f"b{size}_{key}": value for key, value in times.items()})
     for name, runner in runners.items():
         if not name.startswith("eager"):
@@ -393,6 +205,8 @@ def _build_target(target: str, model: nn.Module, folder: Path, image_size: int, 
     elif target == "aoti":
         paths = {"aoti": export_aoti(model, folder / FILES["aoti"], image_size, max_batch)}
     elif target == "tensorrt":
+        from hdkd.tensorrt import compile_tensorrt
+
         paths = compile_tensorrt(model, folder, image_size, max_batch)
     else:
         raise CompileError(f"unknown compile target {target!r}: use one of {list(TARGETS)}")
@@ -412,8 +226,8 @@ def compile_student(
 ) -> dict[str, Any]:
     """Build every target of `params.targets` from `checkpoint` into `out_dir` (atomically), check parity on
     `val_data`, time the artifacts; returns (and writes to `metrics_path`) the flat metrics."""
+    from hdkd.checkpoint import load_trained
     from hdkd.data.loading import load_split
-    from hdkd.train import load_trained
 
     checkpoint, val_data, out_dir = Path(checkpoint), Path(val_data), Path(out_dir)
     model, meta = load_trained(checkpoint)

@@ -1,0 +1,303 @@
+"""`hdkd ablate`: seeds x distillation settings as queued DVC experiments, and their table.
+
+Each (configuration, seed) is one `dvc exp run --queue evaluate -S ...` experiment, run by DVC's own queue
+(`dvc queue start`). The students get the seed (`student.seed`, `distill.seed`); the data and the teacher
+keep theirs, so DVC restores them from its run cache instead of retraining them. Every experiment also
+trains the plain student of its seed (restored from the run cache after its first run), which is the
+baseline of every comparison.
+
+The results come back through MLflow: each experiment's evaluate run is tagged `ablation.batch`,
+`ablation.config` and `ablation.seed`, and holds the per-image test predictions. For each configuration
+the report gives the mean and standard deviation over seeds of test accuracy and macro-F1, and the
+paired bootstrap interval of its macro-F1 difference to the plain student, pooled over seeds (an image is
+resampled with all its seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hdkd.config import Params
+from hdkd.errors import HDKDError
+from hdkd.files import atomic_path, write_json
+from hdkd.layout import REPO, Layout
+from hdkd.stats import accuracy, macro_f1_over, paired_difference_ci
+
+# The configurations of the HDKD ablation, as params overrides on top of params.yaml's distill section.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "hdkd": {},  # logits + features, as params.yaml says
+    "logit_only": {"distill.lambda_feat": 0.0},
+    "feature_only": {"distill.alpha": 0.0},  # the distillation head learns nothing: predicts with the class head
+    "hard": {"distill.kind": "hard"},
+    "mbconv": {"model.block": "mbconv"},  # teacher and students with MBConv (squeeze-excitation) blocks
+}
+LABELS = {
+    "plain": "Plain student (no KD)",
+    "hdkd": "HDKD (logits + features)",
+    "logit_only": "Logit distillation only (lambda_feat 0)",
+    "feature_only": "Feature distillation only (alpha 0)",
+    "hard": "HDKD, hard logit distillation",
+    "mbconv": "HDKD with MBConv blocks",
+}
+BASELINE = "hdkd"  # the plain student (MBCSA) of each seed comes from this configuration's experiment
+
+
+class AblationError(HDKDError, RuntimeError):
+    """The ablation could not be queued, run or collected."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config: str
+    seed: int
+    name: str
+
+
+def plan(configs: Sequence[str], seeds: int, first_seed: int, batch: str) -> list[Experiment]:
+    if unknown := [c for c in configs if c not in CONFIGS]:
+        raise AblationError(f"unknown configuration(s) {unknown}: use some of {', '.join(CONFIGS)}")
+    if seeds < 1:
+        raise AblationError("--seeds must be at least 1")
+    wanted = list(dict.fromkeys([BASELINE, *configs]))  # the baseline's experiments give the plain students
+    return [
+        Experiment(config, seed, f"{batch}-{config}-s{seed}".replace("_", "-"))
+        for seed in range(first_seed, first_seed + seeds)
+        for config in wanted
+    ]
+
+
+def overrides(experiment: Experiment, batch: str, tracking_uri: str) -> dict[str, Any]:
+    return {
+        **CONFIGS[experiment.config],
+        "student.seed": experiment.seed,
+        "distill.seed": experiment.seed,
+        "ablation.batch": batch,
+        "ablation.config": experiment.config,
+        # Queued experiments run in temporary copies of the repository: a relative sqlite path would
+        # give each its own store.
+        "mlflow.tracking_uri": tracking_uri,
+    }
+
+
+def _absolute_uri(uri: str, root: Path) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((root / uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def _dvc(args: Sequence[str], root: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AblationError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+    return result
+
+
+def _flag(key: str, value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | bool) or value is None else str(value)
+    return f"{key}={text.lower() if isinstance(value, bool) else text}"
+
+
+def queue(experiments: Sequence[Experiment], batch: str, tracking_uri: str, root: Path) -> None:
+    for experiment in experiments:
+        args = ["exp", "run", "--queue", "evaluate", "-n", experiment.name]
+        for key, value in overrides(experiment, batch, tracking_uri).items():
+            args += ["-S", _flag(key, value)]
+        _dvc(args, root)
+
+
+def run_queue(root: Path, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
+    """Start one DVC queue worker and wait until no task is queued or running; returns failed task lines."""
+    _dvc(["queue", "start", "--jobs", "1"], root)
+    shown = ""
+    while True:
+        status = _dvc(["queue", "status"], root).stdout
+        tasks = [line for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+        pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
+        summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
+        if summary != shown:
+            log(summary)
+            shown = summary
+        if not pending:
+            return [line for line in tasks if "Failed" in line]
+        time.sleep(poll_seconds)
+
+
+def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    path = client.download_artifacts(run_id, f"reports/plots/confusion/{kind}.csv")
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    classes = sorted({row["actual"] for row in rows} | {row["predicted"] for row in rows})
+    return (
+        np.array([row["actual"] for row in rows]),
+        np.array([row["predicted"] for row in rows]),
+        classes,
+    )
+
+
+def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Per (config, seed): the test labels and the plain and distilled students' predictions (as class names)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded CSV otherwise
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.mlflow.experiment)
+    if experiment is None:
+        raise AblationError(f"no MLflow experiment {params.mlflow.experiment!r} in {tracking_uri}")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`ablation.batch` = '{batch}' and tags.stage = 'evaluate'",
+    )
+    found: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    for run in runs:
+        key = (run.data.tags["ablation.config"], int(run.data.tags["ablation.seed"]))
+        labels, student, _ = _predictions(client, run.info.run_id, "student")
+        _, distilled, _ = _predictions(client, run.info.run_id, "distilled")
+        found[key] = {"labels": labels, "student": student, "distilled": distilled}
+    return found
+
+
+def summarize(
+    results: Mapping[tuple[str, int], Mapping[str, np.ndarray]], configs: Sequence[str], seed: int
+) -> dict[str, Any]:
+    """Mean and std over seeds per configuration, and the pooled paired interval against the plain student."""
+    seeds = sorted({s for c, s in results if c == BASELINE})
+    if not seeds:
+        raise AblationError(f"no finished {BASELINE!r} experiment: the plain-student baseline is missing")
+    labels = results[(BASELINE, seeds[0])]["labels"]
+    classes = sorted(set(labels))
+    index = {name: i for i, name in enumerate(classes)}
+
+    def encode(values: np.ndarray) -> np.ndarray:
+        return np.array([index.get(v, -1) for v in values])
+
+    y = encode(labels)
+    f1 = macro_f1_over(len(classes))
+    plain = np.stack([encode(results[(BASELINE, s)]["student"]) for s in seeds], axis=1)
+    rows: dict[str, Any] = {"plain": _row("plain", y, plain, None, f1, seed)}
+    for config in dict.fromkeys([BASELINE, *configs]):
+        done = [s for s in seeds if (config, s) in results]
+        if not done:
+            rows[config] = {"label": LABELS[config], "seeds": 0}
+            continue
+        for s in done:
+            if not np.array_equal(results[(config, s)]["labels"], labels):
+                raise AblationError(f"{config} seed {s}: another test split than the baseline's; rerun the ablation")
+        distilled = np.stack([encode(results[(config, s)]["distilled"]) for s in done], axis=1)
+        baseline = np.stack([encode(results[(BASELINE, s)]["student"]) for s in done], axis=1)
+        rows[config] = _row(config, y, distilled, baseline, f1, seed)
+    return {"test_images": len(y), "seeds": seeds, "classes": classes, "rows": rows}
+
+
+def _row(
+    config: str, y: np.ndarray, predicted: np.ndarray, baseline: np.ndarray | None, f1: Any, seed: int
+) -> dict[str, Any]:
+    per_seed_f1 = [f1(y, predicted[:, i]) for i in range(predicted.shape[1])]
+    per_seed_acc = [accuracy(y, predicted[:, i]) for i in range(predicted.shape[1])]
+    row: dict[str, Any] = {
+        "label": LABELS[config],
+        "seeds": predicted.shape[1],
+        "macro_f1_mean": float(np.mean(per_seed_f1)),
+        "macro_f1_std": float(np.std(per_seed_f1, ddof=1)) if len(per_seed_f1) > 1 else 0.0,
+        "accuracy_mean": float(np.mean(per_seed_acc)),
+        "accuracy_std": float(np.std(per_seed_acc, ddof=1)) if len(per_seed_acc) > 1 else 0.0,
+        "macro_f1_per_seed": per_seed_f1,
+    }
+    if baseline is not None:
+        row["vs_plain_macro_f1"] = paired_difference_ci(y, predicted, baseline, f1, seed).as_dict()
+    return row
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    table = []
+    for row in summary["rows"].values():
+        if not row["seeds"]:
+            table.append({"Configuration": row["label"], "Seeds": 0})
+            continue
+        diff = row.get("vs_plain_macro_f1")
+        if diff is None:
+            verdict = "baseline"
+        elif diff["low"] > 0:
+            verdict = "better"
+        elif diff["high"] < 0:
+            verdict = "worse"
+        else:
+            verdict = "cannot tell"
+        table.append(
+            {
+                "Configuration": row["label"],
+                "Seeds": row["seeds"],
+                "Macro-F1 mean ± std": f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_std']:.3f}",
+                "Accuracy mean ± std": f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}",
+                "Δ macro-F1 vs plain [95% CI]": ""
+                if diff is None
+                else (f"{diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"),
+                "Verdict": verdict,
+            }
+        )
+    return "\n".join(
+        [
+            "# HDKD ablation",
+            "",
+            f"{summary['test_images']} test images, seeds {summary['seeds']}. Each configuration is compared with "
+            "the plain student of the same seed; the interval is a paired bootstrap of the macro-F1 difference, "
+            "pooled over seeds (test images resampled with all their seeds, 1000 resamples). A verdict is "
+            "'better' or 'worse' only when the interval excludes zero.",
+            "",
+            pd.DataFrame(table).fillna("").to_markdown(index=False),
+            "",
+        ]
+    )
+
+
+def ablate(
+    params: Params,
+    configs: Sequence[str] = tuple(CONFIGS),
+    seeds: int = 3,
+    first_seed: int = 1,
+    layout: Layout = REPO,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Queue, run and summarise the ablation; writes `reports/ablation.md` and `reports/ablation.json`."""
+    import mlflow
+
+    from hdkd.tracking import setup_tracking
+
+    root = layout.root.resolve()
+    batch = f"abl-{uuid.uuid4().hex[:6]}"
+    tracking_uri = _absolute_uri(setup_tracking(params), root)  # creates the experiment here, not in a temp copy
+    # MLflow exports the URI to MLFLOW_TRACKING_URI, which the queue's workers inherit and which wins over
+    # params: make it the absolute one.
+    mlflow.set_tracking_uri(tracking_uri)
+    experiments = plan(configs, seeds, first_seed, batch)
+    began = time.perf_counter()
+    queue(experiments, batch, tracking_uri, root)
+    log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
+    failed = run_queue(root, log)
+    if failed:
+        log(f"ablation {batch}: {len(failed)} experiment(s) failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
+    summary = summarize(collect(params, tracking_uri, batch), configs, params.seed)
+    summary |= {"batch": batch, "wall_seconds": round(time.perf_counter() - began, 1), "failed": failed}
+    write_json(layout.reports / "ablation.json", summary)
+    with atomic_path(layout.reports / "ablation.md") as tmp:
+        tmp.write_text(markdown(summary))
+    log(markdown(summary))
+    log(f"ablation {batch}: {summary['wall_seconds']:.0f} s; reports/ablation.md, `dvc exp show` lists the runs")
+    return summary

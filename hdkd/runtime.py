@@ -1,0 +1,147 @@
+"""Loading and running a compiled student: the runtime behind `hdkd predict` and the served pyfunc.
+
+A compiled folder (written by the `compile` stage, see `hdkd.compile`) holds the artifacts and
+`manifest.json`, which describes them; a `Runner` turns a float32 NCHW batch into logits through one
+backend (eager PyTorch, ONNX Runtime, a `torch.export` program, AOTInductor or TensorRT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hdkd.errors import HDKDError
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+MANIFEST = "manifest.json"
+FILES = {
+    "onnx": "student.onnx",
+    "torch_export": "student.pt2",
+    "aoti": "student_aoti.pt2",
+    "tensorrt_fp32": "student_trt_fp32.ep",
+    "tensorrt_fp16": "student_trt_fp16.ep",
+}
+
+
+class ArtifactError(HDKDError, RuntimeError):
+    """A compiled artifact or folder that cannot be loaded."""
+
+
+def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
+    """uint8 NHWC images -> float32 NCHW model input: the training eval transform (resize, ImageNet norm)."""
+    from hdkd.data.loading import eval_transform
+
+    transform = eval_transform(image_size)
+    chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if len(chw) == 0:
+        return np.zeros((0, 3, image_size, image_size), dtype=np.float32)
+    return torch.stack([transform(image) for image in chw]).numpy().astype(np.float32, copy=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class Runner:
+    """Logits of a float32 NCHW batch through one backend; batches above `max_batch` go in chunks."""
+
+    def __init__(self, name: str, max_batch: int, device: str = "cpu"):
+        self.name, self.max_batch, self.device = name, max_batch, device
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One call of the backend; `len(x)` is within 1..max_batch."""
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        chunks = [self.run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+class TorchRunner(Runner):
+    """Any tensor -> tensor callable: an eager module, an exported program's module, an AOTI or TensorRT runner."""
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        max_batch: int,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(name, max_batch, device)
+        self.fn, self.dtype = fn, dtype
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.fn(torch.from_numpy(x).to(self.device, self.dtype))
+        return out.float().cpu().numpy()
+
+
+class OnnxRunner(Runner):
+    def __init__(self, name: str, path: str | Path, max_batch: int, threads: int | None = None):
+        super().__init__(name, max_batch)
+        self.session = onnx_session(path, threads)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """ONNX Runtime on the CPU with every graph optimisation (conv+BN folding, attention and GELU fusion)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    # No busy-waiting between calls: spinning threads steal the cores from whatever runs next (measured:
+    # eager PyTorch interleaved with a spinning session ran 3-4x slower), at no cost to ORT's own latency.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own exception types for unreadable or invalid graphs
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({str(error).splitlines()[0]})") from None
+
+
+def load_runner(folder: str | Path, name: str, manifest: Mapping[str, Any] | None = None) -> Runner:
+    """Open one artifact of a compiled folder (`onnx`, `torch_export`, `aoti`, `tensorrt_fp32`, `tensorrt_fp16`)."""
+    folder = Path(folder)
+    manifest = manifest or read_artifact_manifest(folder)
+    entry = manifest["artifacts"].get(name)
+    if entry is None:
+        raise ArtifactError(f"{folder}: no {name!r} artifact (built: {sorted(manifest['artifacts'])})")
+    path, max_batch = folder / entry["file"], int(manifest["input"]["max_batch"])
+    if not path.is_file():
+        raise ArtifactError(f"{path}: listed in {folder / MANIFEST} but missing")
+    if name == "onnx":
+        return OnnxRunner(name, path, max_batch)
+    if name == "torch_export":
+        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch)
+    if name == "aoti":
+        return TorchRunner(name, torch._inductor.aoti_load_package(str(path)), max_batch)
+    if name.startswith("tensorrt"):
+        from hdkd.tensorrt import tensorrt_unavailable
+
+        if reason := tensorrt_unavailable():
+            raise ArtifactError(f"{path}: cannot run a TensorRT artifact here: {reason}")
+        import torch_tensorrt  # noqa: F401  (registers the TensorRT engine class that the program refers to)
+
+        dtype = torch.float16 if entry["precision"] == "fp16" else torch.float32
+        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch, "cuda", dtype)
+    raise ArtifactError(f"{folder / MANIFEST}: unknown artifact kind {name!r}")
+
+
+def read_artifact_manifest(folder: str | Path) -> dict[str, Any]:
+    """The `manifest.json` of a compiled folder (not to be confused with a data manifest CSV)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: not a compiled model folder (no {MANIFEST}; run the compile stage)")
+    return json.loads(path.read_text())

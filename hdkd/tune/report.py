@@ -1,0 +1,101 @@
+"""What a study leaves behind: best parameters for the distill stage, a summary and Optuna's plots."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hdkd.files import atomic_path, write_json
+from hdkd.layout import REPO, Layout
+from hdkd.tune.space import value_of
+from hdkd.tune.storage import TuneError
+from hdkd.tune.worker import OBJECTIVE
+
+
+def plot_paths(layout: Layout) -> dict[str, Path]:
+    plots = layout.reports / "plots"
+    return {name: plots / f"tune_{name}.png" for name in ("history", "importances", "intermediate")}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> None:
+    figure.set_size_inches(8, 5)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(figure)
+
+
+def _note(path: Path, title: str, text: str) -> None:
+    """A plot that says why it has nothing to show (DVC expects every declared output)."""
+    figure, ax = _pyplot().subplots()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    _save(figure, path)
+
+
+def write_plots(study: optuna.Study, layout: Layout = REPO) -> None:
+    """Optimisation history, parameter importances and intermediate values (Optuna's matplotlib plots)."""
+    _pyplot()
+    from optuna.visualization import matplotlib as plots
+
+    paths = plot_paths(layout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _save(plots.plot_optimization_history(study, target_name=OBJECTIVE).figure, paths["history"])
+        _save(plots.plot_intermediate_values(study).figure, paths["intermediate"])
+        try:
+            _save(plots.plot_param_importances(study, target_name=OBJECTIVE).figure, paths["importances"])
+        except (ValueError, RuntimeError) as error:  # fewer than two complete trials, or a constant space
+            _note(paths["importances"], "Hyperparameter importances", f"not computable yet: {error}")
+
+
+def best_overrides(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's parameters as dotted distill overrides (`{"distill.stages": [2, 3], ...}`)."""
+    return {f"distill.{key}": value_of(key, label) for key, label in study.best_trial.params.items()}
+
+
+def summarize(study: optuna.Study, run_trials: int, run_seconds: float) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
+    if not count[TrialState.COMPLETE]:
+        raise TuneError(
+            f"study {study.study_name!r} has no complete trial ({count[TrialState.PRUNED]} pruned, "
+            f"{count[TrialState.FAIL]} failed); loosen the pruner or widen tune.space, then rerun"
+        )
+    return {
+        "best_value": study.best_value,
+        "best_trial": study.best_trial.number,
+        "n_trials": len(trials),
+        "n_complete": count[TrialState.COMPLETE],
+        "n_pruned": count[TrialState.PRUNED],
+        "n_failed": count[TrialState.FAIL],
+        "n_waiting": count[TrialState.WAITING],
+        "pruned_share": count[TrialState.PRUNED] / finished,
+        "run_trials": run_trials,
+        "trials_per_minute": run_trials / (run_seconds / 60) if run_seconds > 0 else 0.0,
+    }
+
+
+def write_disabled(layout: Layout) -> dict[str, Any]:
+    summary = {"enabled": False}
+    write_json(layout.tuned_params, summary)
+    write_json(layout.metrics / "tune.json", summary)
+    for name, path in plot_paths(layout).items():
+        _note(path, f"tune: {name}", "tuning disabled (tune.enabled: false): distill uses params.yaml as it is")
+    print("tune: disabled (tune.enabled: false); distill uses params.yaml as it is")
+    return summary

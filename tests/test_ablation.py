@@ -1,0 +1,49 @@
+"""`hdkd ablate` end to end: queued DVC experiments, MLflow runs tagged by configuration, the report."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from hdkd.ablation import AblationError, plan
+from tests.repo import make_repo, run
+
+
+def test_plan_always_includes_the_baseline_and_names_experiments_uniquely():
+    experiments = plan(["logit_only"], seeds=2, first_seed=1, batch="abl-x")
+    assert [(e.config, e.seed) for e in experiments] == [("hdkd", 1), ("logit_only", 1), ("hdkd", 2), ("logit_only", 2)]
+    assert len({e.name for e in experiments}) == 4
+    with pytest.raises(AblationError, match="unknown configuration"):
+        plan(["nope"], 1, 1, "abl-x")
+
+
+@pytest.mark.slow
+def test_two_configurations_one_seed_through_the_dvc_queue(tmp_path):
+    repo = make_repo(tmp_path, {"tune": {"enabled": False}})
+    result = run(["hdkd", "ablate", "--seeds", "1", "--configs", "hdkd,feature_only"], repo, timeout=1500)
+    summary = json.loads((repo / "reports" / "ablation.json").read_text())
+    assert summary["failed"] == []
+    rows = summary["rows"]
+    assert set(rows) == {"plain", "hdkd", "feature_only"}
+    for name in ("hdkd", "feature_only"):
+        assert rows[name]["seeds"] == 1
+        diff = rows[name]["vs_plain_macro_f1"]
+        assert diff["low"] <= diff["value"] <= diff["high"]
+    table = (repo / "reports" / "ablation.md").read_text()
+    assert "Feature distillation only (alpha 0)" in table and "Δ macro-F1 vs plain [95% CI]" in table
+    assert "HDKD ablation" in result.stdout
+
+    shown = run(["dvc", "exp", "show", "--no-pager", "--md", "--keep", "ablation.config", "--drop", ".*"], repo)
+    assert "feature_only" in shown.stdout and "hdkd" in shown.stdout
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("hdkd")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ablation.batch` = '{summary['batch']}'")
+    configs = {(r.data.tags["stage"], r.data.tags["ablation.config"]) for r in runs}
+    # The distilled student trained once per configuration; the teacher and the plain student only once.
+    assert {("train_distilled", "hdkd"), ("train_distilled", "feature_only")} <= configs
+    assert {("evaluate", "hdkd"), ("evaluate", "feature_only")} <= configs
+    teacher_runs = [r for r in runs if r.data.tags["stage"] == "train_teacher"]
+    assert len(teacher_runs) == 1
