@@ -22,7 +22,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from hdkd.config import save_overrides
+from hdkd.config import load_params, save_overrides
 from hdkd.kinds import KINDS
 from hdkd.layout import REPO
 from hdkd.report import run_markdown
@@ -88,6 +88,14 @@ def _logged_runs() -> dict[str, str]:
     return runs
 
 
+def _ablation(seeds: int, configs: list[str] | None) -> list[str]:
+    from hdkd.ablation import CONFIGS, ablate, markdown
+
+    summary = ablate(load_params(), configs or list(CONFIGS), seeds, log=get_run_logger().info)
+    create_markdown_artifact(key="hdkd-ablation", markdown=markdown(summary), description="HDKD ablation")
+    return [f"ablation {summary['batch']}"]
+
+
 @flow(name="hdkd", log_prints=True)
 def hdkd(
     data_source: str | None = None,
@@ -97,8 +105,14 @@ def hdkd(
     tune_trials: int | None = None,
     compile_targets: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    ablate: bool = False,
+    ablation_seeds: int = 3,
+    ablation_configs: list[str] | None = None,
 ) -> list[str]:
-    """Run the whole chain; arguments override params.yaml for this run (and are recorded there)."""
+    """Run the whole chain; arguments override params.yaml for this run (and are recorded there).
+
+    With `ablate` (the deployment `hdkd/ablation`), run `hdkd ablate` instead: seeds x configurations as
+    queued DVC experiments, reported in reports/ablation.md and as a markdown artifact."""
     chosen = dict(overrides or {})
     named = {
         "data.source": data_source,
@@ -113,6 +127,8 @@ def hdkd(
     if chosen:
         save_overrides("params.yaml", chosen)
         get_run_logger().info("params.yaml overrides for this run: %s", chosen)
+    if ablate:
+        return _ablation(ablation_seeds, ablation_configs)
     stages = stage_names()
     for stage in stages:
         _stage_task(stage)(stage)

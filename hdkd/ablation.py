@@ -2,9 +2,9 @@
 
 Each (configuration, seed) is one `dvc exp run --queue evaluate -S ...` experiment, run by DVC's own queue
 (`dvc queue start`). The students get the seed (`student.seed`, `distill.seed`); the data and the teacher
-keep theirs, so DVC restores them from its run cache instead of retraining them. Every experiment also
-trains the plain student of its seed (restored from the run cache after its first run), which is the
-baseline of every comparison.
+keep theirs and are brought up to date once, in the workspace, before the experiments start from it, so
+they are not retrained (except the MBConv teacher of the `mbconv` configuration). Every experiment also
+trains the plain student of its seed, the baseline of every comparison.
 
 The results come back through MLflow: each experiment's evaluate run is tagged `ablation.batch`,
 `ablation.config` and `ablation.seed`, and holds the per-image test predictions. For each configuration
@@ -288,6 +288,10 @@ def ablate(
     mlflow.set_tracking_uri(tracking_uri)
     experiments = plan(configs, seeds, first_seed, batch)
     began = time.perf_counter()
+    # The teacher and the data first, here: the experiments then start from them. (Training stages keep
+    # `persist` outputs to resume after a kill, which DVC never restores from its run cache.)
+    log("ablation: data and teacher (dvc repro train_teacher; nothing runs when they are up to date)")
+    _dvc(["repro", "train_teacher"], root)
     queue(experiments, batch, tracking_uri, root)
     log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
     failed = run_queue(root, log)

@@ -132,14 +132,21 @@ def ablate(
 def promote(
     name: Annotated[str, typer.Argument(help="registered model, e.g. hdkd-student")],
     version: Annotated[int, typer.Argument(help="the version to make champion")],
+    force: Annotated[bool, typer.Option(help="promote even if its classes differ from the champion's")] = False,
     params: Annotated[Path, typer.Option(help="params file (for the tracking URI)")] = Path("params.yaml"),
 ) -> None:
-    """Give VERSION of NAME the alias `champion` (what the MLflow UI does)."""
+    """Give VERSION of NAME the alias `champion`, after showing it against the current champion."""
     from hdkd.config import load_params
-    from hdkd.registry import promote as promote_version
+    from hdkd.promote import promote as promote_version
 
-    promote_version(load_params(params), name, version)
-    console.print(f"{name} version {version} is now @champion")
+    result = promote_version(load_params(params), name, version, force)
+    table = Table(title=f"{name}: version {version} (challenger) against the champion", box=None)
+    for column in ("", "challenger", "champion"):
+        table.add_column(column, overflow="fold")
+    for row in result["rows"]:
+        table.add_row(*row)
+    console.print(table)
+    console.print(result["message"])
 
 
 @app.command()
@@ -196,9 +203,16 @@ def predict(
     skipped; the exit status is 1 if any failed. `auto` picks TensorRT, else compiled ONNX, else PyTorch."""
     import json
     import os
+    import sys
 
     from hdkd.predict import IMAGE_EXTENSIONS, Predictor, predict_files
 
+    errors = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the terminal width
+    # Check the inputs before loading a model: that takes seconds, a typo should not.
+    if missing := [str(path) for path in paths if not path.exists()]:
+        for path in missing:
+            errors.print(f"[red]error:[/red] {escape(path)}: no such file or folder", highlight=False)
+        raise typer.Exit(1)
     if model.startswith("models:/") and params.is_file():
         import mlflow
 
@@ -208,28 +222,37 @@ def predict(
         mlflow.set_tracking_uri(tracking_uri(load_params(params)))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout/stderr to our lines
     predictor = Predictor.load(model, backend)
-    errors = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the terminal width
+    errors.print(f"model {predictor.source}, backend {predictor.backend}", highlight=False)
+    # A table for a person at a terminal; whole paths, tab-separated, when the output goes to a file or pipe.
+    tsv = not json_output and not sys.stdout.isatty()
     table = Table(title=f"Predictions ({predictor.backend})")
-    for column in ("image", "class", "p", *predictor.classes):
-        table.add_column(column, justify="left" if column in ("image", "class") else "right")
+    columns = ("image", "class", "p", *predictor.classes)
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("image", "class") else "right", overflow="fold")
+    if tsv:
+        typer.echo("\t".join(columns))
     done = failed = 0
     for item in predict_files(predictor, paths):
         if item.result is None:
             failed += 1
+            if json_output:
+                typer.echo(json.dumps({"path": str(item.path), "error": str(item.error)}))
             errors.print(f"[red]error:[/red] {escape(str(item.error))}", highlight=False)
             continue
         done += 1
+        cells = (
+            str(item.path),
+            item.result["class"],
+            f"{item.result['probability']:.3f}",
+            *(f"{p:.3f}" for p in item.result["probabilities"].values()),
+        )
         if json_output:
             typer.echo(json.dumps({"path": str(item.path), **item.result}))
+        elif tsv:
+            typer.echo("\t".join(cells))
         else:
-            probabilities = item.result["probabilities"].values()
-            table.add_row(
-                str(item.path),
-                item.result["class"],
-                f"{item.result['probability']:.3f}",
-                *(f"{p:.3f}" for p in probabilities),
-            )
-    if not json_output and done:
+            table.add_row(*cells)
+    if not json_output and not tsv and done:
         console.print(table)
     if not done and not failed:
         errors.print(f"[red]error:[/red] no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) found", highlight=False)

@@ -106,7 +106,7 @@ UNTUNABLE = frozenset({"epochs"})  # a trial always trains `tune.epochs`
 class TuneParams(_Strict):
     """The Optuna study over the `distill` section. `space` maps distill keys to a range or choices."""
 
-    enabled: bool = True
+    enabled: bool = False  # tuning only HDKD would tilt the comparison with the plain student
     storage: str = "sqlite:///optuna.db"  # an RDB URL; PostgreSQL for workers on several machines
     study_name: str = "hdkd-distill"
     n_trials: int = Field(8, ge=1)  # the study's total, over every rerun and every worker

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from hdkd.callbacks import Callback, FitResult
 from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from hdkd.config import DistillParams, TrainParams
 from hdkd.distributed import SINGLE, World, all_reduce_sum, sync_buffers
@@ -58,29 +59,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class Callback:
-    """Hooks for tracking, pruning or early stopping; the loop never needs to know which."""
-
-    def on_resume(self, history: list[dict[str, float]]) -> None:
-        """Called once when a run continues from `last.pt`, with the metrics of the epochs it restored."""
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Called after validation; raising here stops the run (e.g. `optuna.TrialPruned`)."""
-
-    def on_fit_end(self, result: FitResult) -> None:
-        """Called once with the finished result."""
-
-
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_score: float
-    best_path: Path
-    last_path: Path
-    net: nn.Module  # the trained network with its final-epoch weights (best ones are in best_path)
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _logits_for_prediction(output: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -214,7 +192,11 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         seen = correct = 0
         bar = tqdm(
-            loader, desc=f"{self.kind} epoch {epoch + 1}/{self.params.epochs}", leave=False, disable=not self.progress
+            loader,
+            desc=f"{self.kind} epoch {epoch + 1}/{self.params.epochs}",
+            leave=False,
+            # A live bar only on a terminal: in a log file it is dozens of carriage-return updates per epoch.
+            disable=not (self.progress and sys.stderr.isatty()),
         )
         for images, labels in bar:
             images, labels = images.to(self.device), labels.to(self.device)
@@ -326,8 +308,10 @@ class Trainer:
                 tqdm.write(
                     f"{self.kind} epoch {epoch + 1}/{self.params.epochs}: loss {stats['train_loss']:.3f} "
                     f"acc {stats['train_accuracy']:.3f} | val acc {stats['val_accuracy']:.3f} "
-                    f"macro-F1 {score:.3f} | {stats['epoch_seconds']:.1f}s"
+                    f"macro-F1 {score:.3f} | {stats['epoch_seconds']:.1f}s",
+                    file=sys.stdout,
                 )
+                sys.stdout.flush()
             for callback in self.callbacks:
                 callback.on_epoch_end(epoch, stats)
         result = FitResult(best_epoch, best_score, self.best_path, self.last_path, self.net, history)

@@ -13,29 +13,26 @@ registered as the PyTorch models their training runs logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from hdkd.config import Params
-from hdkd.errors import HDKDError
-from hdkd.files import write_json
-from hdkd.kinds import NETWORKS
+from hdkd.data.arrays import load_split
+from hdkd.files import sha256_file, write_json
+from hdkd.kinds import NETWORKS, label
 from hdkd.layout import REPO, Layout
+from hdkd.promote import CHALLENGER, CHAMPION, champion_of
 from hdkd.report import ReportError, comparison, model_reports, verdict
 from hdkd.runtime import MANIFEST
 from hdkd.serving import log_compiled_artifacts, log_student_pyfunc
 from hdkd.tracking import setup_tracking
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-class RegistryError(HDKDError, RuntimeError):
-    """A model or version that the registry does not hold."""
 
 
 def has_alias(client: MlflowClient, name: str, alias: str) -> bool:
@@ -91,37 +88,77 @@ def evaluation_tags(kind: str, reports_dir: Path) -> dict[str, str]:
     return tags
 
 
+MODEL_DESCRIPTIONS = {
+    "teacher": "The HDKD teacher: a CNN (stem + MBCSA stages) distilled into hdkd-student.",
+    "student": "The plain student: the hybrid CNN + DFLT network trained without distillation, HDKD's baseline.",
+    "distilled": (
+        "The HDKD student: the hybrid CNN + DFLT network distilled from hdkd-teacher through logits and stage "
+        "features. Registered as the serving pyfunc (image bytes in, class and probabilities out) with its "
+        "compiled artifacts. Promote a version by giving it the alias `champion` (pencil icon beside Aliases)."
+    ),
+}
+
+
+def params_digest(params: Params) -> str:
+    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def version_description(kind: str, tags: dict[str, str], champion: ModelVersion | None) -> str:
+    """One paragraph for the version page: what it is, what it learnt from, and against the champion."""
+    text = (
+        f"{label(kind)} ({tags['preset']} preset, {tags['block']} blocks) trained on data manifest "
+        f"{tags.get('data_manifest_sha256', 'unknown')[:12]} (params {tags['params_sha256']}), classes "
+        f"{', '.join(json.loads(tags['classes']))}. Validation macro-F1 {tags['val_macro_f1']}"
+    )
+    if "test_macro_f1" in tags:
+        text += f"; test macro-F1 {tags['test_macro_f1']} and accuracy {tags['test_accuracy']} (95% CI) on "
+        text += f"{tags['test_images']} test images"
+    text += "."
+    if champion is None:
+        return text + " There is no champion yet: this version becomes it."
+    if champion.tags.get("data_manifest_sha256") != tags.get("data_manifest_sha256"):
+        return (
+            text
+            + f" The champion (version {champion.version}) was evaluated on other data, so the two are not compared."
+        )
+    return text + (
+        f" On the same test split the champion (version {champion.version}) has test macro-F1 "
+        f"{champion.tags.get('test_macro_f1', 'unknown')}; promote this one only if its interval says it is better."
+    )
+
+
 def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     """Register the teacher, the HDKD student and the plain student from their training runs."""
     setup_tracking(params)
     client = MlflowClient()
     registered: dict[str, Any] = {}
+    manifest = layout.split / "manifest.csv"
     for kind, network in NETWORKS.items():
         name = network.registered_name
         logged = json.loads(layout.logged_model(kind).read_text())
         model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
         metrics = json.loads((layout.metrics / f"{kind}.json").read_text())
+        classes = load_split(layout.split / "test.npz").classes if (layout.split / "test.npz").is_file() else []
         tags = {
             "kind": kind,
             "preset": params.model.preset,
+            "block": params.model.block,
             "run_id": logged["run_id"],
             "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
+            "classes": json.dumps(list(classes)),
+            "params_sha256": params_digest(params),
+            **({"data_manifest_sha256": sha256_file(manifest)} if manifest.is_file() else {}),
             **evaluation_tags(kind, layout.reports),
         }
+        champion = champion_of(client, name)
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            client.create_registered_model(name, description=MODEL_DESCRIPTIONS[kind])
         registered[name] = register_version(client, name, model_uri, tags)
+        client.update_model_version(
+            name, str(registered[name]["version"]), description=version_description(kind, tags, champion)
+        )
         if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:
             log_compiled_artifacts(compiled, logged["run_id"], name, registered[name]["version"])
         print(f"registered {name} version {registered[name]['version']} ({', '.join(registered[name]['aliases'])})")
     write_json(layout.reports / "registry.json", registered)
     return registered
-
-
-def promote(params: Params, name: str, version: int) -> None:
-    """Move the `champion` alias to `version`, as the MLflow UI does."""
-    setup_tracking(params)
-    client = MlflowClient()
-    try:
-        client.get_model_version(name, str(version))
-    except MlflowException:
-        raise RegistryError(f"model {name!r} has no version {version} in {mlflow.get_tracking_uri()}") from None
-    client.set_registered_model_alias(name, CHAMPION, str(version))

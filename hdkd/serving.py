@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,6 +86,12 @@ class StudentPyfunc(PythonModel):
         compiled = context.artifacts.get("compiled")
         files = ModelFiles("pyfunc", Path(context.artifacts["checkpoint"]), Path(compiled) if compiled else None)
         self.predictor = Predictor.from_files(files, backend="auto")
+        # In the server's log, so an operator sees which runtime answers (and why not a faster one).
+        print(
+            f"hdkd-student pyfunc: backend {self.predictor.backend} ({self.predictor.source})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # `model_input` has no annotation on purpose: MLflow reads one as the model's input schema.
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -9,19 +9,29 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import numpy as np
-import torch
-from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
-from torch import nn
 
+from hdkd.callbacks import Callback, FitResult
 from hdkd.config import Params
-from hdkd.engine import Callback, FitResult
 from hdkd.errors import HDKDError
 from hdkd.files import sha256_file
+
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow.models.model import ModelInfo
+    from torch import nn
+
+
+NOTE = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = (
+    "HDKD pipeline runs: one run per training stage (teacher, plain student, HDKD student), tune (with one "
+    "nested run per Optuna trial), evaluate (test metrics with 95% intervals, HDKD against the plain student) "
+    "and compile. Runs of `hdkd ablate` carry the tags ablation.batch, ablation.config and ablation.seed. "
+    "The runs are under Training runs; the models are in the registry (hdkd-teacher, hdkd-student, "
+    "hdkd-student-baseline)."
+)
 
 
 class TrackingError(HDKDError, RuntimeError):
@@ -52,7 +62,9 @@ def setup_tracking(params: Params) -> str:
     uri = tracking_uri(params)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(params.mlflow.experiment)
+    experiment = mlflow.set_experiment(params.mlflow.experiment)
+    if NOTE not in experiment.tags:  # the description the MLflow UI shows on the experiment page
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE, EXPERIMENT_DESCRIPTION)
     return uri
 
 
@@ -104,13 +116,18 @@ class MlflowCallback(Callback):
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
 
     def on_fit_end(self, result: FitResult) -> None:
+        # 1-based like the epochs in logs and DVC metrics; the best score under its own name, since
+        # `val_macro_f1` is a per-epoch series whose last value is the last epoch's.
         mlflow.log_metrics(
-            {"best_epoch": result.best_epoch, "best_val_macro_f1": result.best_score}, run_id=self.run_id
+            {"best_epoch": result.best_epoch + 1, "best_val_macro_f1": result.best_score}, run_id=self.run_id
         )
 
 
 def pip_requirements() -> list[str]:
     """Pinned from what is installed: MLflow's own inference takes 13-17 s per model."""
+    import numpy as np
+    import torch
+
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
 
 
@@ -119,6 +136,9 @@ def log_torch_model(model: nn.Module, example: np.ndarray, **tags: str) -> Model
 
     `example` must hold 2 or more images so the exported batch axis stays dynamic.
     """
+    import torch
+    from mlflow.models import infer_signature
+
     model = model.eval()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()

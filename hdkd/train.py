@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
+from hdkd.callbacks import Callback, FitResult
 from hdkd.checkpoint import CheckpointError, build_from_meta, load_trained
 from hdkd.config import ConfigError, Params, TrainParams, with_section
 from hdkd.data import DataError
 from hdkd.data.loading import SplitArrays, eval_transform, load_split, make_loader
 from hdkd.distributed import SINGLE, World, init_world, relaunch_with_torchrun, share_cores, under_torchrun
-from hdkd.engine import Callback, FitResult, Resume, Trainer, seed_everything
+from hdkd.engine import Resume, Trainer, seed_everything
 from hdkd.files import atomic_path, sha256_file, write_json
 from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout

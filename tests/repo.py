@@ -20,7 +20,7 @@ TINY = {
     "teacher": {"epochs": 2},
     "student": {"epochs": 1},
     "distill": {"epochs": 2},
-    "tune": {"n_trials": 2, "epochs": 1, "sampler_startup_trials": 2},
+    "tune": {"enabled": True, "n_trials": 2, "epochs": 1, "sampler_startup_trials": 2},
     "compile": {"targets": ["onnx", "tensorrt"], "latency_repeats": 3},
 }
 

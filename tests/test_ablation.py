@@ -42,8 +42,7 @@ def test_two_configurations_one_seed_through_the_dvc_queue(tmp_path):
     experiment = client.get_experiment_by_name("hdkd")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ablation.batch` = '{summary['batch']}'")
     configs = {(r.data.tags["stage"], r.data.tags["ablation.config"]) for r in runs}
-    # The distilled student trained once per configuration; the teacher and the plain student only once.
+    # The distilled student trained once per configuration; the teacher was trained before, not per experiment.
     assert {("train_distilled", "hdkd"), ("train_distilled", "feature_only")} <= configs
     assert {("evaluate", "hdkd"), ("evaluate", "feature_only")} <= configs
-    teacher_runs = [r for r in runs if r.data.tags["stage"] == "train_teacher"]
-    assert len(teacher_runs) == 1
+    assert not [r for r in runs if r.data.tags["stage"] == "train_teacher"]

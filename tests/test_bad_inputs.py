@@ -541,7 +541,7 @@ CASES = [
     ),
     pytest.param(
         predict_missing_file,
-        ["{tmp}/scans[v2]/missing.png: cannot read it (No such file or directory)"],
+        ["{tmp}/scans[v2]/missing.png: no such file or folder"],
         id="predict-missing-file",
     ),
 ]

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from hdkd.callbacks import Callback
 from hdkd.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from hdkd.config import DistillParams, TrainParams
-from hdkd.engine import Callback, Trainer, validation_metrics
+from hdkd.engine import Trainer, validation_metrics
 from hdkd.models import build_model
 
 CLASSES = ["a", "b", "c"]
@@ -135,3 +136,28 @@ def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
     torch.save({"model": {}, "extra": Payload()}, path)
     with pytest.raises(CheckpointError, match="weights_only"):
         load_checkpoint(path)
+
+
+def test_training_log_outside_a_terminal_has_one_line_per_epoch(tmp_path):
+    """`dvc repro > log`: no carriage-return progress updates, one summary line per epoch."""
+    import subprocess
+    import sys
+
+    script = f"""
+import torch
+from hdkd.config import TrainParams
+from hdkd.engine import Trainer
+from hdkd.models import build_model
+from tests.helpers import toy_loader
+model = build_model("student", "tiny", 3, img_size=32)
+settings = TrainParams(epochs=3, lr=1e-3, warmup_epochs=0)
+trainer = Trainer(model, "student", settings, {str(tmp_path)!r}, 0, ["a", "b", "c"])
+trainer.fit(toy_loader(48, 3), toy_loader(24, 3, seed=1, shuffle=False))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TQDM_DISABLE"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "\r" not in output
+    epochs = [line for line in output.splitlines() if line.startswith("student epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [f"student epoch {i}/3" for i in (1, 2, 3)]

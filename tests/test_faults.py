@@ -20,10 +20,10 @@ import pytest
 import torch
 import yaml
 
+from hdkd.callbacks import Callback
 from hdkd.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hdkd.config import Params, params_from_dict
 from hdkd.data.arrays import save_split
-from hdkd.engine import Callback
 from hdkd.train import train
 from tests.helpers import toy_images
 from tests.repo import REPO, env, make_repo, run

@@ -50,6 +50,8 @@ def test_predict_json_lines_for_a_folder_with_one_broken_file(compiled, images):
     assert f"{images / 'more' / 'd_broken.png'}: not a readable image" in result.stderr
     assert "3 images classified with onnx" in result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines[-1] == {"path": str(images / "more" / "d_broken.png"), "error": lines[-1]["error"]}
+    lines = lines[:-1]
     assert [line["path"] for line in lines] == [str(images / n) for n in ("a.png", "b_grey.png", "more/c.jpg")]
     for line in lines:
         assert line["class"] in CLASSES and list(line["probabilities"]) == CLASSES
@@ -60,15 +62,34 @@ def test_predict_json_lines_for_a_folder_with_one_broken_file(compiled, images):
         np.testing.assert_allclose(list(line["probabilities"].values()), expected, atol=1e-5)
 
 
-def test_predict_table_with_a_checkpoint_and_files_named_one_by_one(compiled, images):
+def test_predict_piped_gives_whole_paths_as_tsv(compiled, images):
     student, _, _ = compiled
-    files = [str(images / "a.png"), str(images / "missing.png"), str(images / "more" / "c.jpg")]
-    result = CliRunner().invoke(app, ["predict", *files, "--model", str(student.checkpoint)], env={"COLUMNS": "200"})
+    files = [str(images / "a.png"), str(images / "more" / "c.jpg")]
+    result = CliRunner().invoke(app, ["predict", *files, "--model", str(student.checkpoint)])
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert header.split("\t") == ["image", "class", "p", *CLASSES]
+    assert [row.split("\t")[0] for row in rows] == files  # whole names, never cut to the terminal width
+    assert all(row.split("\t")[1] in CLASSES for row in rows)
+    assert f"model {student.checkpoint}, backend torch" in result.stderr
+
+
+def test_predict_checks_its_paths_before_loading_a_model(tmp_path):
+    missing = tmp_path / "missing.png"
+    # The model does not exist either: the path check must come first, so that is never reached.
+    result = CliRunner().invoke(app, ["predict", str(missing), "--model", "models:/no-such-model@champion"])
     assert result.exit_code == 1
-    assert f"{images / 'missing.png'}: cannot read it" in result.stderr
-    assert "Predictions (torch)" in result.stdout
-    assert "a.png" in result.stdout and "c.jpg" in result.stdout
-    assert all(name in result.stdout for name in CLASSES)
+    assert f"{missing}: no such file or folder" in result.stderr
+    assert "no-such-model" not in result.output
+
+
+def test_predict_json_gives_a_line_for_a_failed_file_too(compiled, images):
+    _, out, _ = compiled
+    broken = images / "more" / "d_broken.png"
+    result = CliRunner().invoke(app, ["predict", str(broken), "--model", str(out), "--json"])
+    assert result.exit_code == 1
+    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+    assert line["path"] == str(broken) and "not a readable image" in line["error"]
 
 
 def test_auto_backend_and_explicit_backends(compiled, images):

@@ -44,6 +44,7 @@ def make_params(storage: str, **tune: object) -> Params:
             "teacher": {"epochs": 3, "batch_size": 16, "lr": 3e-3, "sched": "none"},
             "distill": {"batch_size": 16, "sched": "none"},
             "tune": {
+                "enabled": True,
                 "storage": storage,
                 "n_trials": 5,
                 "epochs": 2,

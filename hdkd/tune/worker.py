@@ -19,9 +19,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
+from hdkd.callbacks import Callback
 from hdkd.config import Params, with_section
 from hdkd.distributed import share_cores
-from hdkd.engine import Callback
 from hdkd.layout import REPO, Layout
 from hdkd.tracking import MlflowCallback, tracking_uri
 from hdkd.tune.space import suggest
