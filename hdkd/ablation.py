@@ -114,6 +114,17 @@ def _flag(key: str, value: Any) -> str:
     return f"{key}={text.lower() if isinstance(value, bool) else text}"
 
 
+def _stage_lock_file(root: Path, log: Callable[[str], None]) -> None:
+    """A queued experiment starts from git's view of the workspace: an untracked or changed dvc.lock would be
+    left behind and the experiment would retrain the teacher. Staging it (not committing) carries it along."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "dvc.lock"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if status.stdout.strip():
+        subprocess.run(["git", "add", "dvc.lock"], cwd=root, check=True)
+        log("ablation: staged dvc.lock in git (not committed), so the experiments start from the trained teacher")
+
+
 def queue(experiments: Sequence[Experiment], batch: str, tracking_uri: str, root: Path) -> None:
     for experiment in experiments:
         args = ["exp", "run", "--queue", "evaluate", "-n", experiment.name]
@@ -152,10 +163,11 @@ def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.nd
 
 def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
     """Per (config, seed): the test labels and the plain and distilled students' predictions (as class names)."""
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from hdkd.tracking import use_store
+
+    use_store(tracking_uri)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded CSV otherwise
     client = MlflowClient()
     experiment = client.get_experiment_by_name(params.mlflow.experiment)
@@ -276,22 +288,22 @@ def ablate(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Queue, run and summarise the ablation; writes `reports/ablation.md` and `reports/ablation.json`."""
-    import mlflow
 
-    from hdkd.tracking import setup_tracking
+    from hdkd.tracking import setup_tracking, use_store
 
     root = layout.root.resolve()
     batch = f"abl-{uuid.uuid4().hex[:6]}"
     tracking_uri = _absolute_uri(setup_tracking(params), root)  # creates the experiment here, not in a temp copy
     # MLflow exports the URI to MLFLOW_TRACKING_URI, which the queue's workers inherit and which wins over
     # params: make it the absolute one.
-    mlflow.set_tracking_uri(tracking_uri)
+    use_store(tracking_uri)
     experiments = plan(configs, seeds, first_seed, batch)
     began = time.perf_counter()
     # The teacher and the data first, here: the experiments then start from them. (Training stages keep
     # `persist` outputs to resume after a kill, which DVC never restores from its run cache.)
     log("ablation: data and teacher (dvc repro train_teacher; nothing runs when they are up to date)")
     _dvc(["repro", "train_teacher"], root)
+    _stage_lock_file(root, log)
     queue(experiments, batch, tracking_uri, root)
     log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
     failed = run_queue(root, log)

@@ -163,13 +163,13 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     if reports_by_model:
         console.print(rich_table(reports_by_model, "Test split (touched once, by the evaluate stage)"))
         console.print(verdict(comparison(reports)))
-    tuned = reports / "metrics" / "tune.json"
+    tuned = reports / "stages" / "tune.json"
     if tuned.is_file() and (study := json.loads(tuned.read_text())).get("enabled", True):
         console.print(
             f"tune: best val macro-F1 {study['best_value']:.3f} (trial {study['best_trial']}) of {study['n_trials']} "
             f"trials, {study['n_pruned']} pruned; distill used its settings (reports/tune/best_params.json)"
         )
-    compiled = reports / "metrics" / "compile.json"
+    compiled = reports / "stages" / "compile.json"
     if compiled.is_file():
         built = json.loads(compiled.read_text())
         for name, entry in built.items():
@@ -184,7 +184,9 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     if registry.is_file():
         for name, entry in json.loads(registry.read_text()).items():
             console.print(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])})")
-    console.print(f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/figures/, {reports}/gradcam/")
+    console.print(
+        f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/stages/, {reports}/figures/, {reports}/gradcam/"
+    )
     console.print("compare runs: .venv/bin/dvc metrics show, .venv/bin/dvc plots show, .venv/bin/dvc exp show")
     console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1")
 
@@ -213,13 +215,12 @@ def predict(
         for path in missing:
             errors.print(f"[red]error:[/red] {escape(path)}: no such file or folder", highlight=False)
         raise typer.Exit(1)
-    if model.startswith("models:/") and params.is_file():
-        import mlflow
+    if model.startswith("models:/"):
+        from hdkd.config import Params, load_params
+        from hdkd.tracking import tracking_uri, use_store
 
-        from hdkd.config import load_params
-        from hdkd.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri(load_params(params)))
+        # Runs and registry both at MLFLOW_TRACKING_URI, else params.yaml's store (when there is one here).
+        use_store(tracking_uri(load_params(params) if params.is_file() else Params()))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout/stderr to our lines
     predictor = Predictor.load(model, backend)
     errors.print(f"model {predictor.source}, backend {predictor.backend}", highlight=False)

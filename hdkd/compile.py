@@ -11,7 +11,7 @@ Targets (`compile.targets`):
 Every artifact is reloaded from disk and compared with eager PyTorch on the validation split (max
 absolute logit difference, top-1 agreement); one failed comparison fails the stage and leaves the
 previous `models/compiled/` in place. Latency (median, p90) at batch 1 and 16 goes to
-`reports/metrics/compile.json`; `models/compiled/manifest.json` describes the artifacts for `hdkd predict`.
+`reports/stages/compile.json`; `models/compiled/manifest.json` describes the artifacts for `hdkd predict`.
 """
 
 from __future__ import annotations
@@ -332,14 +332,14 @@ def versions() -> dict[str, str]:
 
 
 def compile_stage(params: Params, layout: Layout = REPO) -> dict[str, Any]:
-    """The DVC stage: `models/distilled/best.pt` -> `models/compiled/`, metrics to `reports/metrics/compile.json`,
+    """The DVC stage: `models/distilled/best.pt` -> `models/compiled/`, metrics to `reports/stages/compile.json`,
     tracked as the MLflow run `compile` (metrics, params, manifest; register logs the artifacts themselves)."""
     import mlflow
 
     from hdkd.tracking import flat_params, stage_run
 
     val_data = layout.split / "val.npz"
-    out_dir, metrics_path = layout.models / "compiled", layout.metrics / "compile.json"
+    out_dir, metrics_path = layout.models / "compiled", layout.stage_summary("compile")
     with stage_run(params, "compile", manifest=layout.split / "manifest.csv"):
         mlflow.log_params(flat_params(params, ("compile",)))
         metrics = compile_student(params.compile, layout.checkpoint("distilled"), val_data, out_dir, metrics_path)

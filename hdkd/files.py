@@ -1,4 +1,9 @@
-"""Atomic writes: a stage killed half-way leaves the previous output or nothing, never a torn one."""
+"""Atomic writes: a stage killed half-way leaves the previous output or nothing, never a torn one.
+
+The temporary file or folder sits beside its target as `.<name>.<pid>.<random>.tmp`, named after the
+process writing it. A write killed half-way (SIGKILL, OOM, power) leaves that temporary behind; the next
+atomic write to the same target removes it once its process is gone from this machine.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,12 +19,56 @@ from pathlib import Path
 from typing import Any
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (a zombie counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_stale_temps(target: str | Path) -> list[Path]:
+    """Delete the temporaries of interrupted atomic writes to `target` whose writing process is gone.
+
+    Only `.<name>.<pid>.<random>.tmp` siblings of `target` are considered, and only those whose pid is not a
+    live process here: a write in progress (this process or another) keeps its temporary.
+    """
+    target = Path(target)
+    # tempfile's random part: 8 characters of [a-z0-9_] (so `.a.5.<pid>...` of a target `a.5` never matches `a`)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    removed: list[Path] = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside `target`; on success rename it over `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -33,7 +83,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success it replaces `target` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():

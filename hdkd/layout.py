@@ -32,7 +32,12 @@ class Layout:
 
     @property
     def metrics(self) -> Path:
+        """Only the headline metrics (evaluate.json), for `dvc metrics show` and `dvc exp show`."""
         return self.reports / "metrics"
+
+    def stage_summary(self, stage: str) -> Path:
+        """What a stage measured besides the headline (validation, training, tuning, compile numbers)."""
+        return self.reports / "stages" / f"{stage}.json"
 
     @property
     def tuned_params(self) -> Path:

@@ -137,7 +137,7 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
         name = network.registered_name
         logged = json.loads(layout.logged_model(kind).read_text())
         model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
-        metrics = json.loads((layout.metrics / f"{kind}.json").read_text())
+        metrics = json.loads(layout.stage_summary(kind).read_text())
         classes = load_split(layout.split / "test.npz").classes if (layout.split / "test.npz").is_file() else []
         tags = {
             "kind": kind,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import mlflow
 from hdkd.callbacks import Callback, FitResult
 from hdkd.config import Params
 from hdkd.errors import HDKDError
-from hdkd.files import sha256_file
+from hdkd.files import pid_alive, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 
 NOTE = "mlflow.note.content"
+# Who runs a stage's MLflow run: a later run of the stage closes a RUNNING run whose process is gone.
+PID_TAG, HOST_TAG = "hdkd.pid", "hdkd.host"
 EXPERIMENT_DESCRIPTION = (
     "HDKD pipeline runs: one run per training stage (teacher, plain student, HDKD student), tune (with one "
     "nested run per Optuna trial), evaluate (test metrics with 95% intervals, HDKD against the plain student) "
@@ -57,11 +60,18 @@ def check_server(uri: str) -> None:
             ) from None
 
 
+def use_store(uri: str) -> None:
+    """Runs *and* registry at `uri`: `models:/` URIs are resolved through the registry URI, which
+    `set_tracking_uri` alone leaves at MLflow's default (a local ./mlflow.db)."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def setup_tracking(params: Params) -> str:
     """Point MLflow at the store and experiment; fail fast, with the URI, if a server does not answer."""
     uri = tracking_uri(params)
     check_server(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     experiment = mlflow.set_experiment(params.mlflow.experiment)
     if NOTE not in experiment.tags:  # the description the MLflow UI shows on the experiment page
         mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE, EXPERIMENT_DESCRIPTION)
@@ -78,7 +88,9 @@ def git_commit() -> str | None:
 
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **tags: str) -> Iterator[Any]:
-    """An MLflow run for one pipeline stage, tagged with git commit, stage and data manifest hash."""
+    """An MLflow run for one pipeline stage, tagged with git commit, stage, data manifest hash, pid and host.
+
+    Runs of the same stage that a killed process left RUNNING are marked KILLED first (`close_stale_runs`)."""
     setup_tracking(params)
     run_tags = {"stage": stage, **tags}
     if params.ablation.batch is not None:  # a run of `hdkd ablate`: line it up in MLflow's compare view
@@ -88,8 +100,39 @@ def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **
         run_tags["git_commit"] = commit
     if manifest is not None and Path(manifest).is_file():
         run_tags["data_manifest_sha256"] = sha256_file(manifest)
+    if (experiment := mlflow.get_experiment_by_name(params.mlflow.experiment)) is not None:
+        close_stale_runs(experiment.experiment_id, stage)
+    run_tags |= {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     with mlflow.start_run(run_name=stage, tags=run_tags) as run:
         yield run
+
+
+def close_stale_runs(experiment_id: str, stage: str, log: Callable[[str], None] = print) -> list[str]:
+    """Mark KILLED the runs of `stage` that a killed process left RUNNING; say so in one line each.
+
+    Only runs of the experiment that carry this host's name and the id of a process that no longer
+    exists here: a run of another machine, or one whose process still lives (a concurrent run), is left as is.
+    """
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    closed = []
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.stage = '{stage}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for stale in running:
+        tags = stale.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        client.set_terminated(stale.info.run_id, status="KILLED")
+        closed.append(stale.info.run_id)
+        log(
+            f"{stage}: MLflow run {stale.info.run_id} was left RUNNING by process {pid} on {host}, which is gone; "
+            "marked it KILLED"
+        )
+    return closed
 
 
 def flat_params(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:

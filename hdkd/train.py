@@ -183,7 +183,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     """
     if params.distributed.nproc > 1 and not under_torchrun():
         relaunch_with_torchrun(NETWORKS[kind].stage, params.distributed.nproc)
-        return json.loads((layout.metrics / f"{kind}.json").read_text())
+        return json.loads(layout.stage_summary(kind).read_text())
     world = init_world()
     share_cores(params.data.num_workers)
     train_data, val_data = layout.balanced / "train.npz", layout.split / "val.npz"
@@ -218,7 +218,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
             "epochs": len(result.history),
             **{key: best[key] for key in best if key.startswith("val_")},
         }
-        write_json(layout.metrics / f"{kind}.json", summary)
+        write_json(layout.stage_summary(kind), summary)
         _write_learning_curve(layout.reports / "plots" / "learning" / f"{kind}.csv", result.history)
         write_json(layout.logged_model(kind), {"run_id": run.info.run_id, "model_uri": info.model_uri})
     print(

@@ -2,11 +2,12 @@
 
 import json
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from hdkd.ablation import AblationError, plan
+from hdkd.tracking import use_store
+from tests import data_layouts as layouts
 from tests.repo import make_repo, run
 
 
@@ -19,8 +20,13 @@ def test_plan_always_includes_the_baseline_and_names_experiments_uniquely():
 
 
 @pytest.mark.slow
-def test_two_configurations_one_seed_through_the_dvc_queue(tmp_path):
-    repo = make_repo(tmp_path, {"tune": {"enabled": False}})
+def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path):
+    """Also the newcomer's journey: an image folder with arbitrary class names and the default balance,
+    validation and split settings go through every stage (the ablation to evaluate, then the rest)."""
+    classes = {"benign naevus": 30, "Melanoma_in_situ": 24, "other-lesion": 18}
+    images = layouts.imagefolder(tmp_path / "images", classes)
+    own_data = {"data": {"source": "imagefolder", "path": str(images)}, "tune": {"enabled": False}}
+    repo = make_repo(tmp_path / "repo", own_data)
     result = run(["hdkd", "ablate", "--seeds", "1", "--configs", "hdkd,feature_only"], repo, timeout=1500)
     summary = json.loads((repo / "reports" / "ablation.json").read_text())
     assert summary["failed"] == []
@@ -37,7 +43,7 @@ def test_two_configurations_one_seed_through_the_dvc_queue(tmp_path):
     shown = run(["dvc", "exp", "show", "--no-pager", "--md", "--keep", "ablation.config", "--drop", ".*"], repo)
     assert "feature_only" in shown.stdout and "hdkd" in shown.stdout
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    use_store(f"sqlite:///{repo / 'mlflow.db'}")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("hdkd")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ablation.batch` = '{summary['batch']}'")
@@ -46,3 +52,8 @@ def test_two_configurations_one_seed_through_the_dvc_queue(tmp_path):
     assert {("train_distilled", "hdkd"), ("train_distilled", "feature_only")} <= configs
     assert {("evaluate", "hdkd"), ("evaluate", "feature_only")} <= configs
     assert not [r for r in runs if r.data.tags["stage"] == "train_teacher"]
+    assert summary["classes"] == sorted(classes)
+
+    run(["dvc", "repro"], repo)  # compile and register on the same own data
+    registry = json.loads((repo / "reports" / "registry.json").read_text())
+    assert set(registry) == {"hdkd-teacher", "hdkd-student", "hdkd-student-baseline"}

@@ -54,7 +54,7 @@ from hdkd.data.ingest import ingest
 from hdkd.errors import HDKDError
 from hdkd.layout import Layout
 from hdkd.models import build_model
-from hdkd.tracking import TrackingError
+from hdkd.tracking import TrackingError, use_store
 from hdkd.train import model_meta, train, train_stage
 from tests import data_layouts as layouts
 from tests.helpers import toy_images
@@ -591,7 +591,7 @@ def tracking_uri_kept():
     """`hdkd predict` points MLflow at the params' server for the whole process: put the previous one back."""
     previous = mlflow.get_tracking_uri()
     yield
-    mlflow.set_tracking_uri(previous)
+    use_store(previous)
 
 
 @pytest.mark.parametrize(("build", "expected"), CASES)

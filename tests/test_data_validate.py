@@ -35,12 +35,15 @@ def test_good_manifest_passes_and_reports(good_raw, tmp_path, capsys):
     summary = validate(layouts.params(min_per_class=3), good_raw, tmp_path / "reports")
     assert summary["success"] and summary["failed_expectations"] == 0
     assert summary["per_class"] == {"cat": 4, "dog": 3, "eel": 3}
-    saved = json.loads((tmp_path / "reports" / "metrics" / "validate.json").read_text())
+    saved = json.loads((tmp_path / "reports" / "stages" / "validate.json").read_text())
     assert saved == summary
     index = tmp_path / "reports" / "data_docs" / "index.html"
     assert index.is_file() and "raw_manifest" in index.read_text()
     assert list((tmp_path / "reports" / "data_docs" / "validations").rglob("*.html"))
-    assert "expectations passed" in capsys.readouterr().out
+    page = (tmp_path / "reports" / "data_docs" / "validation.html").read_text()
+    assert "Data validation passed" in page and page.count(">passed<") == summary["expectations"]
+    assert "<script" not in page and "http" not in page  # readable offline
+    assert "validation.html" in capsys.readouterr().out
     assert not (tmp_path / "gx").exists()
 
 
@@ -58,9 +61,11 @@ def test_duplicate_hash_and_unknown_label_fail(good_raw, tmp_path):
     assert "expect_column_values_to_be_in_set" in message and '"zebra"' in message
     first = read_manifest(raw / "manifest.csv")["path"]
     assert f"identical files: {first[0]} = {first[1]}" in message
-    saved = json.loads((tmp_path / "reports" / "metrics" / "validate.json").read_text())
+    saved = json.loads((tmp_path / "reports" / "stages" / "validate.json").read_text())
     assert saved["success"] is False and saved["failed_expectations"] == 2
     assert (tmp_path / "reports" / "data_docs" / "index.html").is_file()
+    page = (tmp_path / "reports" / "data_docs" / "validation.html").read_text()
+    assert "Data validation FAILED" in page and page.count(">FAILED<") == 2
 
 
 def test_class_with_a_single_image_fails_naming_the_class(tmp_path):

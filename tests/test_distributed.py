@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from hdkd.models import build_model
+from hdkd.tracking import use_store
 from tests.helpers import toy_images
 from tests.repo import REPO, run
 
@@ -75,7 +76,7 @@ def test_training_stage_with_nproc_2_relaunches_under_torchrun_and_tracks_once(t
         [sys.executable, "-m", "pipelines.train_student"], tmp_path, timeout=600, extra_env={"PYTHONPATH": str(REPO)}
     )
     assert (tmp_path / "models" / "student" / "best.pt").is_file(), result.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["ddp"])
     assert len(runs) == 1 and runs["tags.stage"].tolist() == ["train_student"]
     assert runs["metrics.train_loss"].notna().all()

@@ -143,7 +143,7 @@ def test_stage_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(t
     wait_for(lambda: cpu_seconds(victim.pid) >= halfway, "half an epoch more", process=victim)
     kill_group(victim)
     assert saved_epoch(last) == reached < EPOCHS - 1, "the kill did not land inside an unfinished epoch"
-    assert not (cut / "reports" / "metrics" / "student.json").exists()
+    assert not (cut / "reports" / "stages" / "student.json").exists()
     saved_history = load_checkpoint(last)["history"]
 
     resumed = finish(start_stage(cut))
@@ -152,7 +152,7 @@ def test_stage_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(t
     assert load_checkpoint(last)["history"][: reached + 1] == saved_history  # restored, not retrained
     for name in ("best.pt", "last.pt"):
         assert_same_weights(full / "models" / "student" / name, cut / "models" / "student" / name)
-    metrics = [json.loads((root / "reports" / "metrics" / "student.json").read_text()) for root in (full, cut)]
+    metrics = [json.loads((root / "reports" / "stages" / "student.json").read_text()) for root in (full, cut)]
     assert metrics[0] == metrics[1] and metrics[1]["epochs"] == EPOCHS
 
     # The resumed stage's MLflow run holds the whole learning curve, restored epochs included.

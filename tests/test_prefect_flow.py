@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from flows.local import prefect_env
+from hdkd.tracking import use_store
 from tests.helpers import free_port, wait_http
 from tests.repo import VENV_BIN, env, make_repo, run
 
@@ -116,9 +117,8 @@ def test_real_server_runs_the_served_deployment_from_the_cli(pipeline_repo, tmp_
     assert yaml.safe_load((pipeline_repo / "params.yaml").read_text())["compile"]["targets"] == ["onnx"]
     assert run(["dvc", "status", "-q"], pipeline_repo, check=False).returncode == 0
 
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    use_store(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
     versions = MlflowClient().search_model_versions("name='hdkd-student'")
     assert len(versions) >= 2  # the first repro and this run each registered one

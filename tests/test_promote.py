@@ -4,12 +4,12 @@ import json
 import subprocess
 import sys
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from hdkd.config import params_from_dict
 from hdkd.promote import RegistryError, promote
+from hdkd.tracking import use_store
 
 NAME = "hdkd-student"
 
@@ -18,7 +18,7 @@ NAME = "hdkd-student"
 def registry(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)  # runs and registry: the registry URI does not follow set_tracking_uri
     client = MlflowClient()
     client.create_registered_model(NAME)
     for version, (classes, f1) in enumerate(((["a", "b"], "0.70"), (["a", "b"], "0.80"), (["a", "c"], "0.90")), 1):

@@ -131,7 +131,7 @@ def check_exact_study(
     best = json.loads(layout.tuned_params.read_text())
     assert best["enabled"] and best["best_value"] == study.best_value
     assert set(best["overrides"]) == {f"distill.{key}" for key in BUDGET_SPACE}
-    metrics = json.loads((layout.metrics / "tune.json").read_text())
+    metrics = json.loads(layout.stage_summary("tune").read_text())
     assert metrics["n_complete"] + metrics["n_pruned"] == n_trials and metrics["trials_per_minute"] > 0
     return trials
 

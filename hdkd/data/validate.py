@@ -4,7 +4,7 @@ The suite checks the columns, the labels against the known class set, unique ima
 (an exact duplicate in two splits is leakage), original sizes, channel statistics (no blank
 images) and a minimum image count per class. Any failure stops the stage with GX's own result
 summary. Outputs: the Data Docs site under `<report_dir>/data_docs/` and
-`<report_dir>/metrics/validate.json`. GX runs in an ephemeral context: nothing is written to
+`<report_dir>/stages/validate.json`. GX runs in an ephemeral context: nothing is written to
 the repository besides those reports.
 """
 
@@ -22,6 +22,7 @@ from hdkd.data.ingest import read_classes, read_manifest
 from hdkd.files import atomic_dir, write_json
 
 SUITE = "raw_manifest"
+OFFLINE_PAGE = "validation.html"  # readable without internet, unlike GX's CDN-styled Data Docs
 SPLIT_VALUES = ["", "train", "val", "test"]
 MAX_SIDE = 100_000  # larger "originals" are a corrupt header, not a scan
 MIN_SIDE = 8
@@ -129,6 +130,41 @@ def summarize_failures(result: Any) -> str:
     return "\n".join(lines)
 
 
+def offline_page(result: Any, summary: dict[str, Any]) -> str:
+    """The validation result as one self-contained HTML page: GX's own Data Docs load their list, styles and
+    status icons from CDNs, so offline the index is blank and the status column empty."""
+    rows = []
+    for item in result.results:
+        config = item.expectation_config
+        observed = {k: item.result[k] for k in ("observed_value", "unexpected_count") if k in item.result}
+        rows.append(
+            {
+                "status": "passed" if item.success else "FAILED",
+                "expectation": config.type,
+                "arguments": json.dumps({k: v for k, v in config.kwargs.items() if k != "batch_id"}, default=str),
+                "observed": json.dumps(observed, default=str),
+            }
+        )
+    table = pd.DataFrame(rows).to_html(index=False, border=0, classes="results")
+    verdict = "passed" if summary["success"] else "FAILED"
+    counts = ", ".join(f"{c}: {n}" for c, n in summary["per_class"].items())
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Data validation: {verdict}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table.results {{ border-collapse: collapse; }}
+table.results td, table.results th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: left; }}
+</style></head><body>
+<h1>Data validation {verdict}</h1>
+<p>Great Expectations suite <code>{SUITE}</code> on the ingest manifest: {summary["images"]} images,
+{summary["classes"]} classes ({counts}); {summary["expectations"] - summary["failed_expectations"]} of
+{summary["expectations"]} expectations passed.</p>
+{table}
+<p>Great Expectations' own Data Docs are in this folder too (they need internet for their styles).</p>
+</body></html>
+"""
+
+
 def _duplicates(manifest: pd.DataFrame) -> str:
     """Name the files behind duplicate hashes: GX only reports the hash values."""
     if "sha256" not in manifest or "path" not in manifest:
@@ -148,19 +184,20 @@ def validate(params: Params, raw_dir: str | Path, report_dir: str | Path) -> dic
     classes = read_classes(raw_dir)
     with atomic_dir(report_dir / "data_docs") as docs:
         result = run_suite(manifest, classes, params.data.min_per_class, docs)
+        stats = result.statistics
+        counts = manifest["label"].value_counts() if "label" in manifest else pd.Series(dtype=int)
+        summary = {
+            "success": bool(result.success),
+            "images": len(manifest),
+            "classes": len(classes),
+            "per_class": {c: int(counts.get(c, 0)) for c in classes},
+            "expectations": int(stats["evaluated_expectations"]),
+            "failed_expectations": int(stats["unsuccessful_expectations"]),
+        }
+        (docs / OFFLINE_PAGE).write_text(offline_page(result, summary))
 
-    stats = result.statistics
-    counts = manifest["label"].value_counts() if "label" in manifest else pd.Series(dtype=int)
-    summary = {
-        "success": bool(result.success),
-        "images": len(manifest),
-        "classes": len(classes),
-        "per_class": {c: int(counts.get(c, 0)) for c in classes},
-        "expectations": int(stats["evaluated_expectations"]),
-        "failed_expectations": int(stats["unsuccessful_expectations"]),
-    }
-    write_json(report_dir / "metrics" / "validate.json", summary)
-    docs_index = report_dir / "data_docs" / "index.html"
+    write_json(report_dir / "stages" / "validate.json", summary)
+    docs_index = report_dir / "data_docs" / OFFLINE_PAGE
     if not result.success:
         raise DataError(
             f"{manifest_path}: {summary['failed_expectations']} of {summary['expectations']} expectations "

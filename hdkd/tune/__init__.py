@@ -42,7 +42,7 @@ __all__ = ["TuneError", "run_worker", "run_workers", "study_name", "tune_stage"]
 def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None) -> dict[str, Any]:
     """The DVC/Prefect stage: prepare the study, run `workers` (default `tune.workers`), write the reports.
 
-    Writes `reports/tune/best_params.json` (read by `apply_best_params`), `reports/metrics/tune.json`
+    Writes `reports/tune/best_params.json` (read by `apply_best_params`), `reports/stages/tune.json`
     and `reports/plots/tune_*.png`; the tune run in MLflow holds one nested run per trial.
     """
     if not params.tune.enabled:
@@ -75,7 +75,7 @@ def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None
                 **{key: summary[key] for key in ("best_value", "best_trial", "n_trials", "n_pruned")},
             },
         )
-        write_json(layout.metrics / "tune.json", summary)
+        write_json(layout.stage_summary("tune"), summary)
         write_plots(study, layout)
         mlflow.log_metrics({key: float(value) for key, value in summary.items()})
         mlflow.log_artifact(str(layout.tuned_params))

@@ -94,7 +94,7 @@ def summarize(study: optuna.Study, run_trials: int, run_seconds: float) -> dict[
 def write_disabled(layout: Layout) -> dict[str, Any]:
     summary = {"enabled": False}
     write_json(layout.tuned_params, summary)
-    write_json(layout.metrics / "tune.json", summary)
+    write_json(layout.stage_summary("tune"), summary)
     for name, path in plot_paths(layout).items():
         _note(path, f"tune: {name}", "tuning disabled (tune.enabled: false): distill uses params.yaml as it is")
     print("tune: disabled (tune.enabled: false); distill uses params.yaml as it is")

@@ -23,7 +23,7 @@ from hdkd.callbacks import Callback
 from hdkd.config import Params, with_section
 from hdkd.distributed import share_cores
 from hdkd.layout import REPO, Layout
-from hdkd.tracking import MlflowCallback, tracking_uri
+from hdkd.tracking import MlflowCallback, tracking_uri, use_store
 from hdkd.tune.space import suggest
 from hdkd.tune.storage import (
     HEARTBEAT_SECONDS,
@@ -180,7 +180,7 @@ def run_worker(
     parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
     if parent_run_id is None:
         raise TuneError(f"study {name!r} has no MLflow tune run yet: start `hdkd tune` first")
-    mlflow.set_tracking_uri(tracking_uri(params))
+    use_store(tracking_uri(params))
     client = MlflowClient()
     run = (client, client.get_run(parent_run_id).info.experiment_id, parent_run_id)
     study_id = storage.get_study_id_from_name(name)

@@ -1,0 +1,552 @@
+"""Issue 15, working as a team: one shared MLflow server (PostgreSQL store, proxied artifacts), a DVC remote
+round trip into a second clone, a Prefect work pool served by a real worker that runs queued flow runs one at a
+time, and no stale state (RUNNING MLflow runs, temporary folders) left behind by a SIGKILLed stage.
+
+Real servers on 127.0.0.1, real processes and signals; the expensive part (one tiny `dvc repro` against the
+MLflow server) is a module fixture shared by the slow tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.local import prefect_env
+from hdkd.files import atomic_dir, remove_stale_temps
+from tests.helpers import free_port, wait_http
+from tests.pg import postgres_server
+from tests.repo import REPO, VENV_BIN, env, make_repo, run
+
+# Tune off and ONNX only: the chain exercises every stage and the registry in about a minute.
+FAST = {"tune": {"enabled": False}, "compile": {"targets": ["onnx"], "latency_repeats": 3}}
+STUDENT = "hdkd-student"
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], log: Path, **popen: object) -> Iterator[subprocess.Popen]:
+    """A process in its own group, its output in `log`; SIGTERM to the group at the end, SIGKILL if it stays."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, **popen)  # type: ignore[call-overload]
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process ended ({process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    artifacts: Path
+    log: Path
+
+
+@dataclass(frozen=True)
+class Tracked:
+    server: MlflowServer
+    repo: Path
+    remote: Path
+    repro: str  # the output of the first `dvc repro`
+
+
+# -- 1. one MLflow server for everyone ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    """`mlflow server` on a PostgreSQL store, uploads and downloads through its artifact proxy."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    artifacts, log = root / "artifacts", root / "server.log"
+    with postgres_server("mlflow") as database:
+        port = free_port()
+        command = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", database]
+        command += ["--artifacts-destination", str(artifacts), "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+        server_env = {**env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with background(command, log, cwd=root, env=server_env) as server:
+            uri = f"http://127.0.0.1:{port}"
+            try:
+                wait_http(f"{uri}/health", 180, server)
+            except (TimeoutError, RuntimeError) as error:
+                raise AssertionError(f"{error}\n{tail(log)}") from None
+            yield MlflowServer(uri, artifacts, log)
+
+
+@pytest.fixture(scope="module")
+def tracked(mlflow_server, tmp_path_factory) -> Tracked:
+    """A tiny copy of the repository with a default folder remote, after one `dvc repro` tracked by the server
+    and `dvc push`, committed (dvc.lock and all) so that it can be cloned."""
+    repo = make_repo(tmp_path_factory.mktemp("tracked"), FAST)
+    remote = tmp_path_factory.mktemp("dvc-remote")
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], repo)
+    began = time.monotonic()
+    done = run(["dvc", "repro"], repo, timeout=900, extra_env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    print(f"dvc repro against the MLflow server: {time.monotonic() - began:.0f} s")
+    run(["dvc", "push"], repo, timeout=300)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline run"], repo)
+    return Tracked(mlflow_server, repo, remote, done.stdout + done.stderr)
+
+
+def client_for(server: MlflowServer):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=server.uri, registry_uri=server.uri)
+
+
+def images(repo: Path, count: int) -> list[Path]:
+    return sorted((repo / "data" / "raw").rglob("*.png"))[:count]
+
+
+def predictions(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_champion(tracked, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # whatever MLflow's client defaults to (./mlflow.db) stays out of the checkout
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+
+    server, repo = tracked.server, tracked.repo
+    client = client_for(server)
+    experiment = client.get_experiment_by_name("hdkd")
+    assert experiment is not None and experiment.artifact_location.startswith("mlflow-artifacts:")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    stages = {run.data.tags.get("stage") for run in runs}
+    assert {"train_teacher", "train_student", "train_distilled", "evaluate", "compile"} <= stages, stages
+    assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert all(run.info.artifact_uri.startswith("mlflow-artifacts:") for run in runs)
+
+    # Every logged model is on the server, and its files come back through the artifact proxy.
+    for kind in ("teacher", "student", "distilled"):
+        logged = json.loads((repo / "models" / kind / "mlflow.json").read_text())
+        run_ids = {run.info.run_id for run in runs}
+        assert logged["run_id"] in run_ids
+        model = client.get_logged_model(logged["model_uri"].removeprefix("models:/"))
+        assert model.source_run_id == logged["run_id"] and model.artifact_location.startswith("mlflow-artifacts:")
+    stored = [path for path in server.artifacts.rglob("*") if path.is_file()]
+    assert any(path.name == "MLmodel" for path in stored) and any(path.suffix == ".onnx" for path in stored)
+
+    # Registration and aliases, through the server.
+    for name in ("hdkd-teacher", STUDENT, "hdkd-student-baseline"):
+        version = client.get_model_version_by_alias(name, "champion")
+        assert version.version == "1" and "challenger" in version.aliases
+    champion = client.get_model_version_by_alias(STUDENT, "champion")
+    # Set globally, registry included: `models:/` URIs ignore download_artifacts' own URIs (MLflow would open
+    # ./mlflow.db).
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(server.uri)
+    mlflow.set_registry_uri(server.uri)
+    try:
+        downloaded = Path(download_artifacts(f"models:/{STUDENT}@champion", dst_path=str(tmp_path / "dl")))
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    assert (downloaded / "MLmodel").is_file()
+    assert champion.tags.get("test_macro_f1")
+
+    # `hdkd predict` loads the champion through the server, from a folder holding no pipeline files at all.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pictures = images(repo, 2)
+    said = run(
+        [str(VENV_BIN / "hdkd"), "predict", *map(str, pictures), "--json"],
+        elsewhere,
+        extra_env={"MLFLOW_TRACKING_URI": server.uri},
+        timeout=300,
+    )
+    predicted = predictions(said.stdout)
+    assert len(predicted) == 2, said.stdout + said.stderr
+    assert f"models:/{STUDENT}@champion" in said.stderr, said.stderr
+
+    # `mlflow models serve` loads it through the server too and answers the same.
+    port = free_port()
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{STUDENT}@champion"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    serve_env = {**env(), "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = tmp_path / "serve.log"
+    with background(command, log, cwd=elsewhere, env=serve_env) as serving:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", 120, serving)
+        except (TimeoutError, RuntimeError) as error:
+            raise AssertionError(f"{error}\n{tail(log)}") from None
+        encoded = [base64.b64encode(path.read_bytes()).decode() for path in pictures]
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[text] for text in encoded]}}
+        answer = post(f"http://127.0.0.1:{port}/invocations", payload)["predictions"]
+    assert [row["class"] for row in answer] == [row["class"] for row in predicted]
+    for row, expected in zip(answer, predicted, strict=True):
+        assert row["probability"] == pytest.approx(expected["probability"], abs=1e-4)
+
+    # Nothing was written to the client's disk outside the server's artifact destination.
+    for folder in (repo, elsewhere):
+        assert not {"mlruns", "mlartifacts", "mlflow.db"} & {path.name for path in folder.iterdir()}, folder
+
+
+# -- 2. a DVC remote: push here, pull in a second clone --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pulled_clone(tracked, tmp_path_factory) -> Path:
+    clone = tmp_path_factory.mktemp("clone") / "repo"
+    run(["git", "clone", "-q", str(tracked.repo), str(clone)], tracked.repo.parent)
+    run(["dvc", "pull"], clone, timeout=300)
+    return clone
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_dvc_remote_round_trip_gives_a_second_clone_the_same_pipeline_state(tracked, pulled_clone):
+    clone = pulled_clone
+    assert "storage" in run(["dvc", "remote", "list"], clone).stdout
+    for output in ("data/raw", "data/split", "data/balanced", "models/distilled/best.pt", "models/compiled"):
+        assert (clone / output).exists(), output
+    # A `cache: false` output is neither pushed by DVC nor, if .gitignore hides it, in the clone: it shows here.
+    status = run(["dvc", "status"], clone).stdout
+    assert run(["dvc", "status", "-q"], clone, check=False).returncode == 0, f"not clean after dvc pull:\n{status}"
+    again = run(["dvc", "repro"], clone, timeout=300)
+    assert "Data and pipelines are up to date." in again.stdout and "Running stage" not in again.stdout, again.stdout
+
+    # The pulled models predict, with no MLflow at all: the compiled folder and the checkpoint agree.
+    pictures = [str(path) for path in images(clone, 3)]
+    compiled = predictions(
+        run([str(VENV_BIN / "hdkd"), "predict", *pictures, "--json", "--model", "models/compiled"], clone).stdout
+    )
+    checkpoint = predictions(
+        run(
+            [str(VENV_BIN / "hdkd"), "predict", *pictures, "--json", "--model", "models/distilled/best.pt"], clone
+        ).stdout
+    )
+    assert len(compiled) == len(checkpoint) == 3
+    assert [row["class"] for row in compiled] == [row["class"] for row in checkpoint]
+    assert not {"mlruns", "mlartifacts", "mlflow.db"} & {path.name for path in clone.iterdir()}
+
+
+# -- 3 and 4. a Prefect work pool, a real worker, queued runs one at a time ------------------------
+
+
+def prefect_api(api: str, path: str, payload: dict | None = None):
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(
+        f"{api}{path}", data=data, headers={"Content-Type": "application/json"}, method="POST" if data else "GET"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def moment(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_its_parameters(
+    tracked, pulled_clone, tmp_path
+):
+    """`prefect deploy --all` from one checkout; a worker in another (HDKD_REPO) runs two flow runs triggered at
+    once with different parameters: both Completed, one after the other, each with its own parameters."""
+    port = free_port()
+    server_env = {
+        **env(),
+        **prefect_env(port, tmp_path / "prefect-home"),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker polls every 2 s (default 10)
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3",  # a queued run retries its slot (default 30)
+    }
+    api = server_env["PREFECT_API_URL"]
+    prefect = str(VENV_BIN / "prefect")
+    with background([prefect, "server", "start"], tmp_path / "server.log", env=server_env) as server:
+        try:
+            wait_http(f"{api}/health", 180, server)
+        except (TimeoutError, RuntimeError) as error:
+            raise AssertionError(f"{error}\n{tail(tmp_path / 'server.log')}") from None
+        run([prefect, "work-pool", "create", "hdkd-pool", "--type", "process"], tracked.repo, extra_env=server_env)
+        deployed = run([prefect, "--no-prompt", "deploy", "--all"], tracked.repo, extra_env=server_env, timeout=300)
+        assert "hdkd/full" in deployed.stdout, deployed.stdout + deployed.stderr
+
+        worker_env = {
+            **server_env,
+            "HDKD_REPO": str(pulled_clone),
+            "MLFLOW_TRACKING_URI": tracked.server.uri,  # the stages of every checkout track to the one server
+        }
+        worker_log = tmp_path / "worker.log"
+        with background(
+            [prefect, "worker", "start", "--pool", "hdkd-pool"],
+            worker_log,
+            cwd=tmp_path,
+            env=worker_env,
+        ) as worker:
+            watch = ["--watch", "--watch-interval", "1", "--watch-timeout", "700"]
+            runs = {}
+            for repeats in (4, 5):  # compile and register rerun in each, with its own latency_repeats
+                command = [
+                    prefect,
+                    "deployment",
+                    "run",
+                    "hdkd/full",
+                    "--param",
+                    f'overrides={{"compile.latency_repeats": {repeats}}}',
+                ]
+                runs[repeats] = subprocess.Popen(
+                    command + watch, env=server_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            outputs = {}
+            for repeats, process in runs.items():
+                try:
+                    outputs[repeats], _ = process.communicate(timeout=800)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    raise AssertionError(f"run {repeats} did not finish:\n{tail(worker_log)}") from None
+            assert worker.poll() is None, tail(worker_log)
+        flow_runs = prefect_api(api, "/flow_runs/filter", {"sort": "START_TIME_ASC"})
+    for output in outputs.values():
+        assert "Flow run finished successfully in 'Completed'." in output, output + tail(worker_log)
+
+    # One after the other (the deployment's concurrency_limit: 1), each with its own parameters.
+    assert len(flow_runs) == 2 and all(row["state_type"] == "COMPLETED" for row in flow_runs), flow_runs
+    first, second = flow_runs
+    assert moment(first["end_time"]) <= moment(second["start_time"]), (first, second)
+    windows = {row["parameters"]["overrides"]["compile.latency_repeats"]: row for row in flow_runs}
+    assert set(windows) == {4, 5}
+    # Each run's compile stage, on the MLflow server, ran inside that flow run with that run's setting.
+    client = client_for(tracked.server)
+    experiment = client.get_experiment_by_name("hdkd").experiment_id
+    compiles = client.search_runs([experiment], "tags.stage = 'compile'", order_by=["attributes.start_time DESC"])
+    for compiled in compiles[:2]:
+        repeats = int(compiled.data.params["compile.latency_repeats"])
+        window = windows[repeats]
+        began = datetime.fromtimestamp(compiled.info.start_time / 1000, tz=moment(window["start_time"]).tzinfo)
+        assert moment(window["start_time"]) <= began <= moment(window["end_time"]), (repeats, window)
+    assert {int(run.data.params["compile.latency_repeats"]) for run in compiles[:2]} == {4, 5}
+    assert yaml.safe_load((pulled_clone / "params.yaml").read_text())["compile"]["latency_repeats"] == windows_last(
+        flow_runs
+    )
+    assert run(["dvc", "status", "-q"], pulled_clone, check=False).returncode == 0
+
+
+def windows_last(flow_runs: list[dict]) -> int:
+    """The setting of the flow run that ended last: what params.yaml holds afterwards."""
+    return max(flow_runs, key=lambda row: row["end_time"])["parameters"]["overrides"]["compile.latency_repeats"]
+
+
+# -- 5. no stale state after a kill --------------------------------------------------------------
+
+
+def start_group(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    """A stage process in its own group (a SIGKILL reaches all of it), this checkout's code, one thread."""
+    extra = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**env(), **extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+
+
+def finish(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
+    return out + err
+
+
+@contextlib.contextmanager
+def live_process() -> Iterator[int]:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        yield sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def dead_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def test_only_temporaries_of_gone_processes_are_removed(tmp_path):
+    target = tmp_path / "raw"
+    with live_process() as alive:
+        stale, writing = tmp_path / f".raw.{dead_pid()}.abc_1234.tmp", tmp_path / f".raw.{alive}.abcd1234.tmp"
+        other_target = tmp_path / f".raw.5.{dead_pid()}.abcd1234.tmp"  # a temporary of the target `raw.5`
+        for folder in (stale, writing, other_target):
+            (folder / "images").mkdir(parents=True)
+        stale_file = tmp_path / f".raw.{dead_pid()}.zzzz9999.tmp"
+        stale_file.write_text("half")
+        with atomic_dir(target) as tmp:
+            assert tmp.name.startswith(f".raw.{os.getpid()}.")
+            assert not stale.exists() and not stale_file.exists()
+            assert writing.is_dir() and other_target.is_dir()
+            assert remove_stale_temps(target) == []  # its own temporary is kept while it writes
+            (tmp / "done").write_text("yes")
+        assert (target / "done").read_text() == "yes"
+        assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["raw", writing.name, other_target.name])
+
+
+def test_stale_runs_are_closed_only_when_their_process_is_gone_from_this_host(tmp_path, capsys):
+    import socket
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from hdkd.tracking import HOST_TAG, PID_TAG, close_stale_runs
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("stale", artifact_location=str(tmp_path / "artifacts"))
+    host = socket.gethostname()
+    with live_process() as alive:
+        cases = {
+            "gone": ("train_student", dead_pid(), host),
+            "alive": ("train_student", alive, host),
+            "elsewhere": ("train_student", dead_pid(), "another-host"),
+            "other stage": ("distill", dead_pid(), host),
+        }
+        ids = {
+            name: client.create_run(experiment, tags={"stage": stage, PID_TAG: str(pid), HOST_TAG: where}).info.run_id
+            for name, (stage, pid, where) in cases.items()
+        }
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        try:
+            closed = close_stale_runs(experiment, "train_student")
+        finally:
+            mlflow.set_tracking_uri(previous)
+    assert closed == [ids["gone"]]
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"gone": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING", "other stage": "RUNNING"}
+    said = capsys.readouterr().out.splitlines()
+    assert said == [
+        f"train_student: MLflow run {ids['gone']} was left RUNNING by process {cases['gone'][1]} on {host}, "
+        "which is gone; marked it KILLED"
+    ]
+
+
+def training_dir(root: Path) -> Path:
+    """What `python -m pipelines.train_student` reads, with its own MLflow store."""
+    from tests.helpers import CLASSES, write_split
+
+    for path, n, seed in (
+        (root / "data" / "balanced" / "train.npz", 192, 0),
+        (root / "data" / "split" / "val.npz", 48, 1),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_split(path, n, CLASSES, seed)
+    (root / "data" / "balanced" / "manifest.csv").write_text("path,label\n")
+    params = {
+        "seed": 3,
+        "model": {"preset": "tiny"},
+        "data": {"image_size": 32, "num_workers": 0},
+        "student": {"epochs": 2, "batch_size": 16, "lr": 0.002, "warmup_epochs": 0},
+        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "stale"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_training_stage_killed_mid_run_is_marked_killed_by_its_next_run(tmp_path):
+    from mlflow import MlflowClient
+
+    root = training_dir(tmp_path)
+    stage = [sys.executable, "-m", "pipelines.train_student"]
+    victim = start_group(stage, root)
+    last = root / "models" / "student" / "last.pt"
+    wait_until(last.is_file, "the first epoch's checkpoint", 300, victim)
+    kill_group(victim)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stale").experiment_id
+    (left,) = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    assert left.data.tags["stage"] == "train_student" and left.data.tags["hdkd.pid"] == str(victim.pid)
+
+    said = finish(start_group(stage, root))
+    line = f"train_student: MLflow run {left.info.run_id} was left RUNNING by process {victim.pid} on "
+    assert [text for text in said.splitlines() if "marked it KILLED" in text] == [
+        next(text for text in said.splitlines() if text.startswith(line))
+    ], said[-3000:]
+    assert client.get_run(left.info.run_id).info.status == "KILLED"
+    statuses = sorted(run.info.status for run in client.search_runs([experiment]))
+    assert statuses == ["FINISHED", "KILLED"]
+    assert not list((root / "models" / "student").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_run_of_the_stage(tmp_path):
+    def params(images: int) -> None:
+        (tmp_path / "params.yaml").write_text(
+            yaml.safe_dump({"data": {"synthetic_images": images, "image_size": 32, "min_per_class": 2}})
+        )
+
+    def temps() -> list[Path]:
+        return sorted((tmp_path / "data").glob(".raw.*.tmp"))
+
+    params(2000)
+    ingest = [sys.executable, "-m", "pipelines.ingest"]
+    victim = start_group(ingest, tmp_path)
+    wait_until(lambda: any(any((t / "images").glob("*/*.png")) for t in temps()), "ingest to write", 300, victim)
+    kill_group(victim)
+    (killed,) = temps()
+    assert killed.name.startswith(f".raw.{victim.pid}.") and not (tmp_path / "data" / "raw").exists()
+
+    params(120)
+    with live_process() as alive:
+        busy = tmp_path / "data" / f".raw.{alive}.abcd1234.tmp"  # another process still writing: kept
+        busy.mkdir()
+        finish(start_group(ingest, tmp_path))
+        assert temps() == [busy]
+    rows = (tmp_path / "data" / "raw" / "manifest.csv").read_text().splitlines()
+    assert len(rows) - 1 == 120
