@@ -1,18 +1,19 @@
 """Latency of the compiled HDKD student against eager PyTorch, at batch 1 and 16, from one run.
 
 Builds the HDKD student (random weights: latency does not depend on them) or loads a checkpoint,
-exports it the way the compile stage does (ONNX for ONNX Runtime with full graph optimisation,
-a torch.export program; with --aoti an AOTInductor package too), checks parity, then times every
+exports it the way the compile stage does (ONNX for ONNX Runtime with full graph optimisation, the
+static int8 ONNX model, a torch.export program; with --aoti an AOTInductor package too), checks parity, then times every
 backend in interleaved rounds so that other load on the machine hits them alike. Prints a table of
 median / p90 milliseconds and the speed-up over eager; with --json the last line is one JSON object.
 
-    python benchmarks/compile_latency.py --preset paper            # 224 px, the goal: >= 3x at batch 1
+    python benchmarks/compile_latency.py --preset paper            # 224 px
     python benchmarks/compile_latency.py --checkpoint models/distilled/best.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import tempfile
@@ -24,6 +25,7 @@ import torch
 
 from hdkd.compile import export_aoti, export_onnx, export_program, parity
 from hdkd.models import PRESETS, build_model
+from hdkd.quantize import quantize_int8
 from hdkd.runtime import OnnxRunner, Runner, TorchRunner
 from hdkd.timing import cpu_name, measure_latency
 
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats-large", type=int, default=5, help="timed rounds at larger batches")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--aoti", action="store_true", help="also build an AOTInductor package (about a minute)")
+    parser.add_argument("--tensorrt", action="store_true", help="also TensorRT fp32/fp16 engines (CUDA machines)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -62,6 +65,12 @@ def main() -> None:
         runners["onnx"] = OnnxRunner("onnx", Path(tmp) / "student.onnx", args.max_batch)
         build["onnx"] = time.perf_counter() - began
         began = time.perf_counter()
+        # Calibrated on random inputs: enough for speed; the compile stage calibrates on training images.
+        calibration = torch.randn(32, 3, size, size, generator=torch.Generator().manual_seed(1)).numpy()
+        quantize_int8(Path(tmp) / "student.onnx", Path(tmp) / "student_int8.onnx", calibration)
+        runners["onnx_int8"] = OnnxRunner("onnx_int8", Path(tmp) / "student_int8.onnx", args.max_batch)
+        build["onnx_int8"] = time.perf_counter() - began
+        began = time.perf_counter()
         export_program(model, Path(tmp) / "student.pt2", size, args.max_batch)
         program = torch.export.load(str(Path(tmp) / "student.pt2")).module()
         runners["torch_export"] = TorchRunner("torch_export", program, args.max_batch)
@@ -72,6 +81,16 @@ def main() -> None:
             runners["aoti"] = TorchRunner("aoti", torch._inductor.aoti_load_package(str(package)), args.max_batch)
             build["aoti"] = time.perf_counter() - began
 
+        if args.tensorrt:
+            from hdkd.tensorrt import compile_tensorrt, load_engine
+
+            began = time.perf_counter()
+            for name, path in compile_tensorrt(model, Path(tmp), size, args.max_batch).items():
+                dtype = torch.float16 if name.endswith("fp16") else torch.float32
+                runners[name] = TorchRunner(name, load_engine(path), args.max_batch, "cuda", dtype)
+            build["tensorrt"] = time.perf_counter() - began
+            runners["eager_cuda"] = TorchRunner("eager_cuda", copy.deepcopy(model).cuda(), args.max_batch, "cuda")
+
         reference = runners["eager"](inputs)
         diffs = {name: parity(reference, runner(inputs)) for name, runner in runners.items() if name != "eager"}
         results = {}
@@ -81,7 +100,9 @@ def main() -> None:
             calls = {name: functools.partial(runner.run, batch_input) for name, runner in runners.items()}
             results[batch] = measure_latency(calls, repeats)
 
-    print(f"{label}, {size} px | {cpu_name()} | torch {torch.__version__}, {torch.get_num_threads()} threads")
+    flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
+    threads = torch.get_num_threads()
+    print(f"{label}, {size} px | {cpu_name()} ({' '.join(flags)}) | torch {torch.__version__}, {threads} threads")
     header = f"{'backend':<14}{'build s':>9}{'max|diff|':>11}"
     for batch in batches:
         header += f"{f'b{batch} median':>13}{f'b{batch} p90':>10}{f'b{batch} speedup':>13}"

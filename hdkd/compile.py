@@ -45,7 +45,7 @@ from hdkd.runtime import (
 )
 from hdkd.timing import cpu_name, measure_latency
 
-TARGETS = ("onnx", "torch_export", "aoti", "tensorrt")
+TARGETS = ("onnx", "onnx_int8", "torch_export", "aoti", "tensorrt")
 LATENCY_BATCHES = (1, 16)
 
 
@@ -69,9 +69,11 @@ def batch_dim(max_batch: int) -> dict[str, dict[int, Any]]:
     return {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}}
 
 
-def example_input(image_size: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def example_input(
+    image_size: int, device: str = "cpu", dtype: torch.dtype = torch.float32, batch: int = 2
+) -> torch.Tensor:
     # Batch 2: a batch-1 example makes torch.export specialise the batch axis to 1.
-    return torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    return torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
 
 def export_onnx(model: nn.Module, path: str | Path, image_size: int, max_batch: int) -> Path:
@@ -195,10 +197,22 @@ class Built:
     build_s: float
 
 
-def _build_target(target: str, model: nn.Module, folder: Path, image_size: int, max_batch: int) -> list[Built]:
+def _build_target(
+    target: str, model: nn.Module, folder: Path, image_size: int, max_batch: int, calibration: np.ndarray | None
+) -> list[Built]:
     began = time.perf_counter()
     if target == "onnx":
         paths = {"onnx": export_onnx(model, folder / FILES["onnx"], image_size, max_batch)}
+    elif target == "onnx_int8":
+        from hdkd.quantize import quantize_int8
+
+        if calibration is None:
+            raise TargetUnavailable("int8 calibration needs the training split (compile_student(train_data=...))")
+        fp32 = folder / FILES["onnx"]
+        source = fp32 if fp32.is_file() else export_onnx(model, folder / ".fp32_for_int8.onnx", image_size, max_batch)
+        paths = {"onnx_int8": quantize_int8(source, folder / FILES["onnx_int8"], calibration)}
+        if source != fp32:
+            source.unlink()
     elif target == "torch_export":
         export_program(model, folder / FILES["torch_export"], image_size, max_batch)
         paths = {"torch_export": folder / FILES["torch_export"]}
@@ -223,9 +237,11 @@ def compile_student(
     out_dir: str | Path,
     metrics_path: str | Path | None = None,
     log: Callable[[str], None] = print,
+    train_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build every target of `params.targets` from `checkpoint` into `out_dir` (atomically), check parity on
-    `val_data`, time the artifacts; returns (and writes to `metrics_path`) the flat metrics."""
+    `val_data`, time the artifacts; returns (and writes to `metrics_path`) the flat metrics. `train_data`
+    calibrates the int8 model."""
     from hdkd.checkpoint import load_trained
     from hdkd.data.loading import load_split
 
@@ -240,6 +256,12 @@ def compile_student(
     if len(split.images) == 0:
         raise CompileError(f"{val_data}: the validation split is empty; parity needs images")
     image_size, max_batch, images = int(meta["img_size"]), params.max_batch, split.images
+    calibration = None
+    if "onnx_int8" in params.targets and train_data is not None:
+        from hdkd.quantize import calibration_images
+
+        picked = calibration_images(load_split(train_data).images, params.int8_calibration_images)
+        calibration = preprocess(picked, image_size)
     eager = TorchRunner("eager", model, max_batch)
     reference = split_logits(eager, images, image_size)
     log(
@@ -250,23 +272,38 @@ def compile_student(
     artifacts: dict[str, dict[str, Any]] = {}
     runners: dict[str, Runner] = {"eager": eager}
     failures: list[str] = []
+    engines: dict[str, str] | None = None
     with atomic_dir(out_dir) as folder:
         for target in dict.fromkeys(params.targets):
             try:
-                built = _build_target(target, model, folder, image_size, max_batch)
+                built = _build_target(target, model, folder, image_size, max_batch, calibration)
             except TargetUnavailable as reason:
                 metrics[target] = {"status": "skipped", "reason": str(reason)}
                 log(f"compile: {target} skipped: {reason}")
                 continue
             metrics[target] = {"status": "built"}
+            if target == "tensorrt":
+                from hdkd.tensorrt import environment
+
+                engines = environment()  # engines run only on this GPU and TensorRT version
             for item in built:
                 entry = {"file": item.path.name, "target": item.target, "precision": item.precision}
-                runner = load_runner(
-                    folder, item.name, {"artifacts": {item.name: entry}, "input": {"max_batch": max_batch}}
-                )
-                stats = parity(reference, split_logits(runner, images, image_size))
+                described = {"artifacts": {item.name: entry}, "input": {"max_batch": max_batch}, "tensorrt": engines}
+                runner = load_runner(folder, item.name, described)
+                logits = split_logits(runner, images, image_size)
+                if item.name == "onnx_int8":
+                    from hdkd.quantize import acceptance
+
+                    stats, refused = acceptance(reference, logits, split.labels, params)
+                    if refused:  # a fast but unfaithful model is not shipped; the stage itself succeeds
+                        item.path.unlink()
+                        metrics[item.name] = {"status": "rejected", "reason": refused, **stats}
+                        log(f"compile: onnx_int8 rejected: {refused}")
+                        continue
+                else:
+                    stats = parity(reference, logits)
                 limit, agreement = thresholds(params, item.precision)
-                if failure := parity_failure(item.name, stats, limit, agreement):
+                if item.name != "onnx_int8" and (failure := parity_failure(item.name, stats, limit, agreement)):
                     failures.append(failure)
                 runners[item.name] = runner
                 size_mb = item.path.stat().st_size / 2**20
@@ -299,9 +336,11 @@ def compile_student(
             "artifacts": artifacts,
             "targets": {t: metrics[t]["status"] for t in dict.fromkeys(params.targets)},
             "skipped": {t: metrics[t]["reason"] for t in params.targets if metrics[t]["status"] == "skipped"},
+            "rejected": {t: metrics[t]["reason"] for t in params.targets if metrics[t]["status"] == "rejected"},
             "latency": latency,
             "versions": versions(),
             "cpu": cpu_name(),
+            "tensorrt": engines,
         }
         write_json(folder / MANIFEST, manifest)
     metrics["cpu"] = cpu_name()
@@ -342,7 +381,14 @@ def compile_stage(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     out_dir, metrics_path = layout.models / "compiled", layout.stage_summary("compile")
     with stage_run(params, "compile", manifest=layout.split / "manifest.csv"):
         mlflow.log_params(flat_params(params, ("compile",)))
-        metrics = compile_student(params.compile, layout.checkpoint("distilled"), val_data, out_dir, metrics_path)
+        metrics = compile_student(
+            params.compile,
+            layout.checkpoint("distilled"),
+            val_data,
+            out_dir,
+            metrics_path,
+            train_data=layout.split / "train.npz",
+        )
         mlflow.log_metrics(flat_metrics(metrics))
         mlflow.log_artifact(str(out_dir / MANIFEST), artifact_path="compiled")
         mlflow.log_artifact(str(metrics_path), artifact_path="reports/metrics")

@@ -139,13 +139,21 @@ class TuneParams(_Strict):
 
 class CompileParams(_Strict):
     # `aoti` (an AOTInductor C++ build, about a minute even for the tiny preset) is opt-in.
-    targets: list[Literal["onnx", "torch_export", "aoti", "tensorrt"]] = ["onnx", "torch_export", "tensorrt"]
+    targets: list[Literal["onnx", "onnx_int8", "torch_export", "aoti", "tensorrt"]] = [
+        "onnx",
+        "onnx_int8",
+        "torch_export",
+        "tensorrt",
+    ]
     max_batch: int = Field(64, ge=2)  # exports trace a batch of 2 to keep the batch axis dynamic
     parity_max_abs_diff: float = Field(1e-3, gt=0)
     parity_min_agreement: float = Field(1.0, gt=0, le=1)
     parity_max_abs_diff_fp16: float = Field(5e-2, gt=0)
     parity_min_agreement_fp16: float = Field(0.99, gt=0, le=1)
     latency_repeats: int = Field(30, ge=3)
+    int8_calibration_images: int = Field(64, ge=1)  # from the training split, never test
+    int8_min_agreement: float = Field(0.99, gt=0, le=1)  # top-1 agreement with fp32 on the validation split
+    int8_max_macro_f1_drop: float = Field(0.01, ge=0, le=1)  # validation macro-F1 may fall at most this much
 
 
 class DistributedParams(_Strict):

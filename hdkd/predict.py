@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,29 @@ import numpy as np
 
 from hdkd.errors import HDKDError
 from hdkd.files import sha256_file
-from hdkd.runtime import MANIFEST, Runner, TorchRunner, load_runner, preprocess, read_artifact_manifest, softmax
+from hdkd.runtime import (
+    MANIFEST,
+    ArtifactError,
+    Runner,
+    TorchRunner,
+    load_runner,
+    preprocess,
+    read_artifact_manifest,
+    softmax,
+)
 
 DEFAULT_MODEL = "models:/hdkd-student@champion"
-BACKENDS = ("auto", "torch", "onnx", "tensorrt")
+BACKENDS = ("auto", "torch", "onnx", "onnx_int8", "tensorrt")
+RUNTIME_ARTIFACTS = ("tensorrt_fp16", "tensorrt_fp32", "onnx_int8", "onnx")  # what `auto` may choose from
+
+
+def fastest_first(manifest: dict[str, Any]) -> list[str]:
+    """The compiled artifacts `auto` may use, by the batch-1 latency the compile stage measured (unmeasured last)."""
+    latency = manifest.get("latency", {})
+    names = [name for name in RUNTIME_ARTIFACTS if name in manifest["artifacts"]]
+    return sorted(names, key=lambda name: latency.get(name, {}).get("b1_median_ms", float("inf")))
+
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"})
 COMPILED_TAG = "compiled.artifact_uri"  # model-version tag set by hdkd.serving.log_compiled_artifacts
 READ_BATCH = 64  # images decoded and classified together: bounded memory on large folders
@@ -117,6 +136,7 @@ class Predictor:
     image_size: int
     backend: str
     source: str
+    passed_over: list[str] = field(default_factory=list)  # faster artifacts that cannot run here, and why
 
     @classmethod
     def load(cls, model: str | Path = DEFAULT_MODEL, backend: str = "auto") -> Predictor:
@@ -124,38 +144,64 @@ class Predictor:
 
     @classmethod
     def from_files(cls, files: ModelFiles, backend: str = "auto") -> Predictor:
-        """Pick the runner: `auto` = TensorRT if it can run here, else ONNX if compiled, else PyTorch."""
-        from hdkd.checkpoint import load_trained
-        from hdkd.tensorrt import tensorrt_unavailable
-
+        """Pick the runner. `auto`: the fastest compiled artifact (batch-1 latency measured by the compile
+        stage) that passed its checks and runs here, else PyTorch; an artifact that cannot run here (a
+        TensorRT engine without its GPU) is passed over, and why is kept in `passed_over`."""
         if backend not in BACKENDS:
             raise PredictError(f"unknown backend {backend!r}: use one of {list(BACKENDS)}")
         manifest = read_artifact_manifest(files.compiled) if files.compiled else None
         built = set(manifest["artifacts"]) if manifest else set()
-        trt = next((name for name in ("tensorrt_fp16", "tensorrt_fp32") if name in built), None)
         if backend == "auto":
-            backend = "tensorrt" if trt and tensorrt_unavailable() is None else "onnx" if "onnx" in built else "torch"
-        if backend == "tensorrt" and trt is None:
-            raise PredictError(f"{files.source}: no TensorRT artifact was compiled (built: {sorted(built) or 'none'})")
-        if backend == "onnx" and "onnx" not in built:
-            raise PredictError(
-                f"{files.source}: no compiled ONNX model; run the compile stage, pass --model models/compiled, "
-                "or use --backend torch"
-            )
+            passed_over: list[str] = []
+            if files.compiled is not None and manifest is not None:
+                for name in fastest_first(manifest):
+                    try:
+                        chosen = load_runner(files.compiled, name, manifest)
+                    except ArtifactError as error:
+                        passed_over.append(f"{name}: {error}")
+                        continue
+                    return cls._compiled(chosen, files, manifest, name, passed_over)
+            return cls.from_files(files, "torch")._passing_over(passed_over)
         if backend == "torch" and files.checkpoint is not None:
+            from hdkd.checkpoint import load_trained
+
             model, meta = load_trained(files.checkpoint)
             runner: Runner = TorchRunner("torch", model, max_batch=READ_BATCH)
             return cls(runner, list(meta["classes"]), int(meta["img_size"]), "torch", str(files.checkpoint))
-        assert files.compiled is not None and manifest is not None  # resolve_model gives a checkpoint or a folder
-        name = {"tensorrt": trt or "", "onnx": "onnx", "torch": "torch_export"}[backend]
-        if name not in built:
+        wanted = {
+            "tensorrt": [name for name in ("tensorrt_fp16", "tensorrt_fp32") if name in built],
+            "onnx": ["onnx"],
+            "onnx_int8": ["onnx_int8"],
+            "torch": ["torch_export"],
+        }[backend]
+        name = next((name for name in wanted if name in built), "")
+        if not name:
             raise PredictError(
-                f"{files.source}: no torch.export program among the compiled artifacts ({sorted(built)}); "
-                "pass the checkpoint (models/distilled/best.pt) for --backend torch"
+                f"{files.source}: no {backend} artifact was compiled (built: {sorted(built) or 'none'}); run the "
+                "compile stage with that target, pass --model models/compiled, or pass the checkpoint "
+                "(models/distilled/best.pt) for --backend torch"
             )
-        runner = load_runner(files.compiled, name, manifest)
+        assert files.compiled is not None and manifest is not None
+        return cls._compiled(load_runner(files.compiled, name, manifest), files, manifest, name, [], backend)
+
+    @classmethod
+    def _compiled(
+        cls,
+        runner: Runner,
+        files: ModelFiles,
+        manifest: dict[str, Any],
+        name: str,
+        passed_over: list[str],
+        label: str | None = None,
+    ) -> Predictor:
+        assert files.compiled is not None
         source = str(files.compiled / manifest["artifacts"][name]["file"])
-        return cls(runner, list(manifest["classes"]), int(manifest["image_size"]), backend, source)
+        predictor = cls(runner, list(manifest["classes"]), int(manifest["image_size"]), label or name, source)
+        return predictor._passing_over(passed_over)
+
+    def _passing_over(self, reasons: list[str]) -> Predictor:
+        self.passed_over = reasons
+        return self
 
     def predict_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) for preprocessed float32 NCHW inputs."""

@@ -22,6 +22,7 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MANIFEST = "manifest.json"
 FILES = {
     "onnx": "student.onnx",
+    "onnx_int8": "student_int8.onnx",
     "torch_export": "student.pt2",
     "aoti": "student_aoti.pt2",
     "tensorrt_fp32": "student_trt_fp32.ep",
@@ -121,21 +122,23 @@ def load_runner(folder: str | Path, name: str, manifest: Mapping[str, Any] | Non
     path, max_batch = folder / entry["file"], int(manifest["input"]["max_batch"])
     if not path.is_file():
         raise ArtifactError(f"{path}: listed in {folder / MANIFEST} but missing")
-    if name == "onnx":
+    if name in ("onnx", "onnx_int8"):
         return OnnxRunner(name, path, max_batch)
     if name == "torch_export":
         return TorchRunner(name, torch.export.load(str(path)).module(), max_batch)
     if name == "aoti":
         return TorchRunner(name, torch._inductor.aoti_load_package(str(path)), max_batch)
     if name.startswith("tensorrt"):
-        from hdkd.tensorrt import tensorrt_unavailable
+        from hdkd.tensorrt import engine_mismatch, load_engine
 
-        if reason := tensorrt_unavailable():
-            raise ArtifactError(f"{path}: cannot run a TensorRT artifact here: {reason}")
-        import torch_tensorrt  # noqa: F401  (registers the TensorRT engine class that the program refers to)
-
+        if reason := engine_mismatch(manifest.get("tensorrt")):
+            raise ArtifactError(f"{path}: cannot run this TensorRT engine here: {reason}")
         dtype = torch.float16 if entry["precision"] == "fp16" else torch.float32
-        return TorchRunner(name, torch.export.load(str(path)).module(), max_batch, "cuda", dtype)
+        try:
+            module = load_engine(path)
+        except Exception as error:  # TensorRT raises its own types for engines it cannot deserialize
+            raise ArtifactError(f"{path}: TensorRT cannot load it ({str(error).splitlines()[0]})") from None
+        return TorchRunner(name, module, max_batch, "cuda", dtype)
     raise ArtifactError(f"{folder / MANIFEST}: unknown artifact kind {name!r}")
 
 

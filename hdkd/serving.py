@@ -338,6 +338,8 @@ def log_compiled_artifacts(
     }
     for target, reason in manifest["skipped"].items():
         tags[f"compiled.{target}.skipped"] = reason
+    for target, reason in manifest.get("rejected", {}).items():
+        tags[f"compiled.{target}.rejected"] = reason
     for name, entry in manifest["artifacts"].items():
         tags[f"compiled.{name}.max_abs_diff"] = f"{entry['parity']['max_abs_diff']:.3g}"
         tags[f"compiled.{name}.top1_agreement"] = f"{entry['parity']['top1_agreement']:.4f}"

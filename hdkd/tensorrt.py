@@ -27,6 +27,39 @@ def tensorrt_unavailable() -> str | None:
     return "; ".join(reasons) or None
 
 
+def environment() -> dict[str, str]:
+    """What a TensorRT engine is tied to: the GPU (name, compute capability) and the library versions."""
+    import tensorrt
+    import torch_tensorrt
+
+    major, minor = torch.cuda.get_device_capability()
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "capability": f"{major}.{minor}",
+        "tensorrt": str(tensorrt.__version__),
+        "torch_tensorrt": str(torch_tensorrt.__version__),
+    }
+
+
+def engine_mismatch(recorded: dict[str, str] | None) -> str | None:
+    """Why engines built where `recorded` was taken cannot run here, or None (engines are not portable)."""
+    if reason := tensorrt_unavailable():
+        return reason
+    if not recorded:
+        return "the compiled folder does not say which GPU and TensorRT built its engines"
+    here = environment()
+    differ = [
+        f"{key} {recorded.get(key)!r} there, {here[key]!r} here" for key in here if recorded.get(key) != here[key]
+    ]
+    return f"engines built elsewhere ({'; '.join(differ)})" if differ else None
+
+
+def load_engine(path: Path) -> nn.Module:
+    import torch_tensorrt
+
+    return torch_tensorrt.load(str(path)).module()
+
+
 def compile_tensorrt(model: nn.Module, folder: Path, image_size: int, max_batch: int) -> dict[str, Path]:
     """fp32 and fp16 TensorRT engines with a dynamic batch 1..max_batch, saved with `torch_tensorrt.save`."""
     if reason := tensorrt_unavailable():
@@ -37,7 +70,8 @@ def compile_tensorrt(model: nn.Module, folder: Path, image_size: int, max_batch:
     for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
         # Explicit typing: the network's own dtype decides the engine precision (fp16 = a half copy).
         net = copy.deepcopy(model).to("cuda", dtype).eval()
-        example = example_input(image_size, "cuda", dtype)
+        # Traced at the engine's opt batch, the shape TensorRT tunes its kernels for.
+        example = example_input(image_size, "cuda", dtype, batch=min(16, max_batch))
         shapes = batch_dim(max_batch)
         program = torch.export.export(net, (example,), dynamic_shapes=shapes)
         engine = torch_tensorrt.dynamo.compile(
@@ -45,7 +79,7 @@ def compile_tensorrt(model: nn.Module, folder: Path, image_size: int, max_batch:
             inputs=[
                 torch_tensorrt.Input(
                     min_shape=(1, 3, image_size, image_size),
-                    opt_shape=(min(16, max_batch), 3, image_size, image_size),
+                    opt_shape=tuple(example.shape),
                     max_shape=(max_batch, 3, image_size, image_size),
                     dtype=dtype,
                 )

@@ -86,7 +86,11 @@ def write_student(root: Path) -> Student:
     return Student(root / "best.pt", write_split(root / "val.npz", 24, CLASSES))
 
 
-FAST = CompileParams(targets=["onnx", "torch_export", "tensorrt"], max_batch=16, latency_repeats=3)
+# Random weights give near-tied logits: on a CUDA machine one fp16 top-1 flip in 24 images is noise, not a
+# broken engine, so the shared fixture accepts 90% fp16 agreement (the stage's default stays 99%).
+FAST = CompileParams(
+    targets=["onnx", "torch_export", "tensorrt"], max_batch=16, latency_repeats=3, parity_min_agreement_fp16=0.9
+)
 
 
 @functools.cache

@@ -21,7 +21,7 @@ TINY = {
     "distill": {"epochs": 2},
     "balance": {"enabled": True, "k_neighbors": 2},  # the demo turns SMOTE off for speed; the tests keep it
     "tune": {"enabled": True, "n_trials": 2, "epochs": 1, "sampler_startup_trials": 2},
-    "compile": {"targets": ["onnx", "tensorrt"], "latency_repeats": 3},
+    "compile": {"targets": ["onnx", "tensorrt"], "latency_repeats": 3, "parity_min_agreement_fp16": 0.9},
 }
 
 

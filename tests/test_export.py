@@ -9,12 +9,16 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
 
+from hdkd.cli import app
 from hdkd.compile import CompileError, ParityError, compile_student, parity, parity_failure
 from hdkd.config import CompileParams
+from hdkd.quantize import acceptance
 from hdkd.runtime import FILES, MANIFEST, OnnxRunner, load_runner, preprocess
 from hdkd.tensorrt import tensorrt_unavailable
-from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split
+from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split, write_student
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +152,49 @@ def test_tensorrt_fp32_and_fp16_engines_pass_parity(compiled, tmp_path):
     assert metrics["tensorrt_fp16"]["top1_agreement"] >= params.parity_min_agreement_fp16
     runner = load_runner(tmp_path / "out", "tensorrt_fp16")
     assert runner(preprocess(np.load(student.val)["images"][:3], SIZE)).shape == (3, len(CLASSES))
+
+
+def test_int8_target_is_calibrated_on_train_images_and_accepted_or_refused_by_its_thresholds(tmp_path):
+    student = write_student(tmp_path / "student")
+    train = write_split(tmp_path / "train.npz", 32, CLASSES, seed=5)
+    params = CompileParams(targets=["onnx", "onnx_int8"], max_batch=16, latency_repeats=3)
+    out = tmp_path / "compiled"
+    metrics = compile_student(params, student.checkpoint, student.val, out, log=lambda _: None, train_data=train)
+    int8 = metrics["onnx_int8"]
+    assert int8["status"] in {"built", "rejected"}
+    expected = int8["top1_agreement"] >= params.int8_min_agreement and (
+        int8["val_macro_f1_fp32"] - int8["val_macro_f1_int8"] <= params.int8_max_macro_f1_drop
+    )
+    assert (int8["status"] == "built") == expected
+    manifest = json.loads((out / MANIFEST).read_text())
+    if expected:
+        assert (out / FILES["onnx_int8"]).is_file() and "speedup_b1" in int8
+        picture = tmp_path / "img.png"
+        Image.fromarray(toy_images(1, 3, SIZE, seed=9)[0][0]).save(picture)
+        command = ["predict", str(picture), "--model", str(out), "--backend", "onnx_int8", "--json"]
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["class"] in CLASSES
+    else:
+        assert not (out / FILES["onnx_int8"]).exists() and manifest["rejected"]["onnx_int8"] == int8["reason"]
+
+
+def test_int8_acceptance_names_what_it_missed():
+    labels = np.arange(100) % 3
+    reference = np.eye(3)[labels] * 5.0  # fp32 right on every image
+    worse = reference.copy()
+    worse[:10] = np.eye(3)[(labels[:10] + 1) % 3] * 5.0  # int8 wrong on 10 of them
+    params = CompileParams()
+    stats, refused = acceptance(reference, worse, labels, params)
+    assert stats["top1_agreement"] == pytest.approx(0.9)
+    assert refused is not None and "top-1 agreement with fp32 90.00% < 99%" in refused
+    assert "validation macro-F1" in refused
+    assert acceptance(reference, reference + 1e-3, labels, params)[1] is None
+
+
+def test_int8_without_training_images_is_skipped_with_the_reason(tmp_path):
+    student = write_student(tmp_path / "student")
+    params = CompileParams(targets=["onnx_int8"], max_batch=16, latency_repeats=3)
+    metrics = compile_student(params, student.checkpoint, student.val, tmp_path / "out", log=lambda _: None)
+    assert metrics["onnx_int8"] == {"status": "skipped", "reason": metrics["onnx_int8"]["reason"]}
+    assert "training split" in metrics["onnx_int8"]["reason"]

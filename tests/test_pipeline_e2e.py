@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hdkd.tensorrt import tensorrt_unavailable
 from hdkd.tracking import use_store
 from tests.repo import run
 
@@ -33,7 +34,8 @@ def test_registered_models_carry_aliases_and_the_champion_predicts(pipeline_repo
     assert student.description.startswith("HDKD student (tiny preset, mbcsa blocks)")
     assert "test_macro_f1" in student.tags and "verdict" in student.tags and "params_sha256" in student.tags
     assert student.tags["compiled.built"] == "onnx"
-    assert "CUDA" in student.tags["compiled.tensorrt.skipped"]
+    if tensorrt_unavailable() is not None:  # on a CUDA machine with torch-tensorrt the engines are built instead
+        assert "CUDA" in student.tags["compiled.tensorrt.skipped"]
     assert float(student.tags["compiled.onnx.top1_agreement"]) == 1.0
 
     runs = mlflow.search_runs(experiment_names=["hdkd"])
@@ -58,7 +60,8 @@ def test_dvc_metrics_show_the_headline_only_and_second_repro_runs_nothing(pipeli
     for stage in ("validate", "teacher", "student", "tune", "distilled", "compile"):
         assert (pipeline_repo / "reports" / "stages" / f"{stage}.json").is_file()
     compiled = json.loads((pipeline_repo / "reports/stages/compile.json").read_text())
-    assert compiled["tensorrt"]["status"] == "skipped" and compiled["onnx"]["top1_agreement"] == 1.0
+    assert compiled["onnx"]["top1_agreement"] == 1.0
+    assert compiled["tensorrt"]["status"] == ("skipped" if tensorrt_unavailable() else "built")
     again = run(["dvc", "repro"], pipeline_repo)
     assert "Data and pipelines are up to date." in again.stdout
     assert run(["dvc", "status", "-q"], pipeline_repo, check=False).returncode == 0

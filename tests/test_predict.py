@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from hdkd.checkpoint import load_trained
 from hdkd.cli import app
 from hdkd.predict import PredictError, Predictor, find_images
 from hdkd.runtime import preprocess, softmax
+from hdkd.tensorrt import tensorrt_unavailable
 from tests.helpers import CLASSES, SIZE, compiled_student, toy_images
 
 
@@ -100,9 +102,9 @@ def test_auto_backend_and_explicit_backends(compiled, images):
     assert program.backend == "torch" and program.source.endswith("student.pt2")
     pixels = [np.array(Image.open(images / "more" / "c.jpg").convert("RGB"))]
     np.testing.assert_allclose(Predictor.load(out).predict_images(pixels), program.predict_images(pixels), atol=1e-5)
-    with pytest.raises(PredictError, match="no TensorRT artifact was compiled"):
+    with pytest.raises(PredictError, match="no tensorrt artifact was compiled"):
         Predictor.load(out, backend="tensorrt")
-    with pytest.raises(PredictError, match="no compiled ONNX model"):
+    with pytest.raises(PredictError, match="no onnx artifact was compiled"):
         Predictor.load(student.checkpoint, backend="onnx")
 
 
@@ -118,3 +120,29 @@ def test_a_clean_run_exits_zero_and_bad_models_are_named(compiled, images, tmp_p
         images / "b_grey.png",
         *sorted((images / "more").iterdir()),
     ]
+
+
+def test_auto_prefers_the_fastest_passing_artifact_and_passes_over_what_cannot_run_here(compiled, tmp_path):
+    from hdkd.predict import fastest_first
+
+    manifest = {
+        "artifacts": {"onnx": {}, "onnx_int8": {}, "torch_export": {}},
+        "latency": {"onnx": {"b1_median_ms": 2.0}, "onnx_int8": {"b1_median_ms": 1.0}},
+    }
+    assert fastest_first(manifest) == ["onnx_int8", "onnx"]
+    manifest["latency"]["onnx_int8"]["b1_median_ms"] = 3.0
+    assert fastest_first(manifest) == ["onnx", "onnx_int8"]
+
+    # A TensorRT engine measured fastest on the compiling machine, but this one cannot run it: ONNX is used.
+    _, out, _ = compiled
+    copy = tmp_path / "compiled"
+    shutil.copytree(out, copy)
+    listed = json.loads((copy / "manifest.json").read_text())
+    listed["artifacts"]["tensorrt_fp16"] = {"file": "student_trt_fp16.ep", "target": "tensorrt", "precision": "fp16"}
+    listed["latency"]["tensorrt_fp16"] = {"b1_median_ms": 0.01}
+    (copy / "student_trt_fp16.ep").write_bytes(b"an engine for another GPU")
+    (copy / "manifest.json").write_text(json.dumps(listed))
+    predictor = Predictor.load(copy)
+    if tensorrt_unavailable() is not None:
+        assert predictor.backend == "onnx"
+        assert predictor.passed_over and predictor.passed_over[0].startswith("tensorrt_fp16: ")
