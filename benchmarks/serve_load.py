@@ -23,21 +23,20 @@ import http.client
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hdkd.servers import stop_group, wait_for
 
 VENV_BIN = Path(sys.executable).parent
 MODEL_NAME = "hdkd-student-bench"
@@ -217,29 +216,6 @@ def start_server(model_uri: str, tracking_uri: str, port: int, workers: int, log
         return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for(url: str, timeout: float, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)  # the whole group: mlflow's CLI and the uvicorn it started
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def main() -> None:
     from hdkd.models import PRESETS
 
@@ -341,7 +317,7 @@ def main() -> None:
                         level = results[(mode, concurrency)]
                         run_level(call, per_round, concurrency, args.deadline, level, meters[mode])
         finally:
-            stop_server(server)
+            stop_group(server)
         refused = [line for line in log.read_text().splitlines() if "refused" in line]
 
     print(

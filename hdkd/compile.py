@@ -43,10 +43,9 @@ from hdkd.runtime import (
     load_runner,
     preprocess,
 )
-from hdkd.timing import cpu_name, measure_latency
+from hdkd.timing import cpu_name, latency_table
 
 TARGETS = ("onnx", "onnx_int8", "torch_export", "aoti", "tensorrt")
-LATENCY_BATCHES = (1, 16)
 
 
 class CompileError(ArtifactError):
@@ -146,43 +145,9 @@ def thresholds(params: CompileParams, precision: str) -> tuple[float, float]:
     return params.parity_max_abs_diff, params.parity_min_agreement
 
 
-def latency_batch(images: np.ndarray, size: int, image_size: int) -> np.ndarray:
-    """`size` preprocessed real images (repeated when the split is smaller)."""
-    reps = -(-size // len(images))
-    return np.ascontiguousarray(preprocess(np.concatenate([images[:size]] * reps)[:size], image_size))
-
-
 def split_logits(runner: Runner, images: np.ndarray, image_size: int, chunk: int = 64) -> np.ndarray:
     """Logits for uint8 NHWC images, preprocessed a chunk at a time (a 224 px split as float32 is gigabytes)."""
     return np.concatenate([runner(preprocess(images[i : i + chunk], image_size)) for i in range(0, len(images), chunk)])
-
-
-def _timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], object]:
-    def call() -> object:
-        out = runner.run(batch)
-        if runner.device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    return call
-
-
-def latency_table(
-    runners: Mapping[str, Runner], images: np.ndarray, image_size: int, max_batch: int, repeats: int
-) -> dict[str, dict[str, float]]:
-    """`{runner: {"b1_median_ms", "b1_p90_ms", ..., "speedup_b1", ...}}`; speed-ups against eager on the same device."""
-    latency: dict[str, dict[str, float]] = {name: {} for name in runners}
-    for size in sorted({min(size, max_batch) for size in LATENCY_BATCHES}):
-        batch = latency_batch(images, size, image_size)
-        calls = {name: _timed_call(runner, batch) for name, runner in runners.items()}
-        for name, times in measure_latency(calls, repeats).items():
-            latency[name].update({f"b{size}_{key}": value for key, value in times.items()})
-    for name, runner in runners.items():
-        if not name.startswith("eager"):
-            base = latency["eager_cuda" if runner.device == "cuda" else "eager"]
-            for key in [key for key in base if key.endswith("_median_ms")]:
-                latency[name][f"speedup_{key.removesuffix('_median_ms')}"] = base[key] / latency[name][key]
-    return latency
 
 
 # ----------------------------------------------------------------------------------------------- stage

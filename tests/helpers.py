@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flows.local import wait_for
 from hdkd.checkpoint import save_checkpoint
 from hdkd.compile import compile_student
 from hdkd.config import CompileParams
 from hdkd.data.arrays import save_split
 from hdkd.models import build_model
+from hdkd.servers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
-wait_http = wait_for  # one wait-for-HTTP, shared with `make serve`
+wait_http = wait_for  # one wait-for-HTTP, shared with `make serve` and the benchmarks
 VENV_BIN = REPO / ".venv" / "bin"
 TOY_CLASSES = ["a", "b", "c"]
 # Parameter counts of the paper preset for 7 classes, built as the HDKD paper (El-Assiouti et al., 2024)

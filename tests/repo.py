@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,22 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "copy"], dest)
     return dest
+
+
+def start_group(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.Popen:
+    """A child in its own process group, so a SIGKILL reaches the stage under `dvc repro` too."""
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**env(), **extra_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from hdkd.config import Params, params_from_dict
 from hdkd.data.arrays import save_split
 from hdkd.train import train
 from tests.helpers import toy_images
-from tests.repo import REPO, env, make_repo, run
+from tests.repo import REPO, kill_group, make_repo, run, start_group
 
 CLASSES = ["a", "b", "c"]
 EPOCHS = 4
@@ -60,25 +59,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 300, pro
         time.sleep(0.05)
 
 
-def start(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.Popen:
-    """A child in its own process group, so a SIGKILL reaches the stage under `dvc repro` too."""
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env={**env(), **extra_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-
-
 # -- a training stage SIGKILLed mid-epoch ----------------------------------------------------------
 
 
@@ -100,7 +80,9 @@ def stage_dir(root: Path) -> Path:
 
 def start_stage(root: Path) -> subprocess.Popen:
     # One thread each: the two runs compared must compute identically, and they share 2 cores.
-    return start([sys.executable, "-m", "pipelines.train_student"], root, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return start_group(
+        [sys.executable, "-m", "pipelines.train_student"], root, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"
+    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -304,7 +286,7 @@ def test_stage_killed_mid_write_leaves_no_output_a_later_stage_would_trust(tmp_p
     set_param(repo, "data", "synthetic_images", INGEST)
 
     # The stage's own process killed mid-write: atomic_dir leaves the previous complete data/raw.
-    stage = start([sys.executable, "-m", "pipelines.ingest"], repo)
+    stage = start_group([sys.executable, "-m", "pipelines.ingest"], repo)
     wait_for(lambda: writing(repo), "ingest to write images", process=stage)
     kill_group(stage)
     assert tree(repo / "data" / "raw") == before
@@ -314,7 +296,7 @@ def test_stage_killed_mid_write_leaves_no_output_a_later_stage_would_trust(tmp_p
 
     # Under `dvc repro` (no `persist`), DVC deletes data/raw before the command: killed, nothing is left.
     killed = staged_temps(repo)
-    repro = start(["dvc", "repro", "ingest"], repo)
+    repro = start_group(["dvc", "repro", "ingest"], repo)
     wait_for(lambda: writing(repo, killed), "the rerun to write images", process=repro)
     kill_group(repro)
     assert not (repo / "data" / "raw").exists() and leftovers(repo) == set()
@@ -331,7 +313,7 @@ def test_second_dvc_repro_stops_on_dvc_locks_and_nothing_is_corrupted(tmp_path):
     from dvc.repo import Repo
 
     repo = make_repo(tmp_path, {"data": {"synthetic_images": SLOW_INGEST}})
-    first = start(["dvc", "repro", "ingest"], repo)
+    first = start_group(["dvc", "repro", "ingest"], repo)
     # While a stage command runs, DVC releases the repository lock (.dvc/tmp/lock) and guards the
     # stage's deps and outs with its read/write lock (.dvc/tmp/rwlock) instead.
     wait_for(lambda: bool(staged_temps(repo)), "the first repro to run ingest", process=first)

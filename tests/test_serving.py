@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -21,6 +20,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from hdkd.predict import COMPILED_TAG, Predictor, resolve_model
+from hdkd.servers import stop_group
 from hdkd.serving import RequestLimits, ServingError, log_compiled_artifacts, log_student_pyfunc, request_batch
 from hdkd.tensorrt import tensorrt_unavailable
 from hdkd.tracking import use_store
@@ -170,12 +170,7 @@ def server(registry):
             raise AssertionError(f"{error}:\n{log.read_text()[-3000:]}") from None
         yield {"url": f"http://127.0.0.1:{port}/invocations", "log": log}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the whole group: mlflow's CLI and the uvicorn it started
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)  # the whole group: mlflow's CLI and the uvicorn it started
 
 
 def test_mlflow_models_serve_answers_with_class_and_probabilities(registry, server):

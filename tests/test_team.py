@@ -29,7 +29,9 @@ from flows.local import prefect_env
 from hdkd.files import atomic_dir, remove_stale_temps
 from tests.helpers import free_port, wait_http
 from tests.pg import postgres_server
-from tests.repo import REPO, VENV_BIN, env, make_repo, run
+from tests.repo import REPO, VENV_BIN, env, kill_group, make_repo, run, start_group
+
+ONE_THREAD = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # this checkout's code, one thread
 
 # Tune off and ONNX only: the chain exercises every stage and the registry in about a minute.
 FAST = {"tune": {"enabled": False}, "compile": {"targets": ["onnx"], "latency_repeats": 3}}
@@ -375,26 +377,6 @@ def windows_last(flow_runs: list[dict]) -> int:
 # -- 5. no stale state after a kill --------------------------------------------------------------
 
 
-def start_group(cmd: list[str], cwd: Path) -> subprocess.Popen:
-    """A stage process in its own group (a SIGKILL reaches all of it), this checkout's code, one thread."""
-    extra = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env={**env(), **extra},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-
-
 def finish(process: subprocess.Popen) -> str:
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
@@ -503,7 +485,7 @@ def test_training_stage_killed_mid_run_is_marked_killed_by_its_next_run(tmp_path
 
     root = training_dir(tmp_path)
     stage = [sys.executable, "-m", "pipelines.train_student"]
-    victim = start_group(stage, root)
+    victim = start_group(stage, root, **ONE_THREAD)
     last = root / "models" / "student" / "last.pt"
     wait_until(last.is_file, "the first epoch's checkpoint", 300, victim)
     kill_group(victim)
@@ -512,7 +494,7 @@ def test_training_stage_killed_mid_run_is_marked_killed_by_its_next_run(tmp_path
     (left,) = client.search_runs([experiment], "attributes.status = 'RUNNING'")
     assert left.data.tags["stage"] == "train_student" and left.data.tags["hdkd.pid"] == str(victim.pid)
 
-    said = finish(start_group(stage, root))
+    said = finish(start_group(stage, root, **ONE_THREAD))
     line = f"train_student: MLflow run {left.info.run_id} was left RUNNING by process {victim.pid} on "
     assert [text for text in said.splitlines() if "marked it KILLED" in text] == [
         next(text for text in said.splitlines() if text.startswith(line))
@@ -536,7 +518,7 @@ def test_temporaries_of_a_killed_write_are_removed_by_the_next_run_of_the_stage(
 
     params(2000)
     ingest = [sys.executable, "-m", "pipelines.ingest"]
-    victim = start_group(ingest, tmp_path)
+    victim = start_group(ingest, tmp_path, **ONE_THREAD)
     wait_until(lambda: any(any((t / "images").glob("*/*.png")) for t in temps()), "ingest to write", 300, victim)
     kill_group(victim)
     (killed,) = temps()
@@ -546,7 +528,7 @@ def test_temporaries_of_a_killed_write_are_removed_by_the_next_run_of_the_stage(
     with live_process() as alive:
         busy = tmp_path / "data" / f".raw.{alive}.abcd1234.tmp"  # another process still writing: kept
         busy.mkdir()
-        finish(start_group(ingest, tmp_path))
+        finish(start_group(ingest, tmp_path, **ONE_THREAD))
         assert temps() == [busy]
     rows = (tmp_path / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(rows) - 1 == 120
