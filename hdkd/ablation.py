@@ -273,7 +273,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
             "pooled over seeds (test images resampled with all their seeds, 1000 resamples). A verdict is "
             "'better' or 'worse' only when the interval excludes zero.",
             "",
-            pd.DataFrame(table).fillna("").to_markdown(index=False),
+            pd.DataFrame(table).fillna("").to_markdown(index=False, disable_numparse=True),
             "",
         ]
     )

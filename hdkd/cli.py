@@ -19,7 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # whole lines in logs and pipes; tables still fit the terminal
 
 
 @app.command()
@@ -154,15 +154,19 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
     import json
 
-    from hdkd.report import ReportError, comparison, model_reports, rich_table, verdict
+    from hdkd.report import ReportError, comparison, markdown_table, model_reports, rich_table, verdict
 
     try:
         reports_by_model = model_reports(reports)
     except ReportError:
         reports_by_model = {}
     if reports_by_model:
-        console.print(rich_table(reports_by_model, "Test split (touched once, by the evaluate stage)"))
-        console.print(verdict(comparison(reports)))
+        title = "Test split (touched once, by the evaluate stage)"
+        if console.is_terminal:
+            console.print(rich_table(reports_by_model, title))
+        else:  # piped or logged: a Markdown table at full width, never cut to 80 columns
+            typer.echo(f"{title}\n\n{markdown_table(reports_by_model)}\n")
+        typer.echo(verdict(comparison(reports)))
     tuned = reports / "stages" / "tune.json"
     if tuned.is_file() and (study := json.loads(tuned.read_text())).get("enabled", True):
         console.print(
@@ -173,8 +177,8 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     if compiled.is_file():
         built = json.loads(compiled.read_text())
         for name, entry in built.items():
-            if isinstance(entry, dict) and entry.get("status") == "skipped":
-                console.print(f"compile: {name} skipped ({entry['reason']})")
+            if isinstance(entry, dict) and entry.get("status") in ("skipped", "rejected"):
+                console.print(f"compile: {name} {entry['status']} ({entry['reason']})")
             elif isinstance(entry, dict) and "speedup_b1" in entry and name != "eager":
                 console.print(
                     f"compile: {name} parity max |diff| {entry['max_abs_diff']:.1e}, top-1 agreement "
@@ -188,7 +192,10 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
         f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/stages/, {reports}/figures/, {reports}/gradcam/"
     )
     console.print("compare runs: .venv/bin/dvc metrics show, .venv/bin/dvc plots show, .venv/bin/dvc exp show")
-    console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1")
+    console.print(
+        "MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1, "
+        "then http://127.0.0.1:5000/#/experiments/1/runs"
+    )
 
 
 @app.command()

@@ -71,7 +71,8 @@ def table(reports: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def markdown_table(reports: Mapping[str, Mapping[str, Any]]) -> str:
-    return table(reports).to_markdown(index=False, colalign=("left", *["right"] * 7))
+    # disable_numparse: the cells are already formatted strings ("0.950" must not become 0.95)
+    return table(reports).to_markdown(index=False, colalign=("left", *["right"] * 7), disable_numparse=True)
 
 
 def rich_table(reports: Mapping[str, Mapping[str, Any]], title: str) -> Any:
@@ -177,7 +178,7 @@ def summary_markdown(reports_dir: str | Path, image_size: int, learning: bool) -
         "",
         "## Per-class F1",
         "",
-        per_class.to_markdown(),
+        per_class.to_markdown(disable_numparse=True),
         "",
         "## Figures",
         "",
