@@ -9,6 +9,7 @@ with fp32 on the validation split and keeps its macro-F1; otherwise the stage re
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,17 +46,24 @@ def quantize_int8(fp32_model: Path, out: Path, calibration: np.ndarray) -> Path:
     """Static QDQ quantization of `fp32_model` into `out`, calibrated on `calibration` (float32 NCHW)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    quantize_static(
-        str(fp32_model),
-        str(out),
-        _Calibration(np.ascontiguousarray(calibration, dtype=np.float32)),  # type: ignore[arg-type]
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv"],
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    # ORT's pre-processing advice goes to the root logger on every call; its symbolic shape inference fails
+    # on the dynamo exporter's graph, so the advice cannot be followed: keep it out of the stage's log.
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR
+    try:
+        quantize_static(
+            str(fp32_model),
+            str(out),
+            _Calibration(np.ascontiguousarray(calibration, dtype=np.float32)),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        root.setLevel(level)
     return out
 
 
