@@ -230,7 +230,8 @@ def predict(
         use_store(tracking_uri(load_params(params) if params.is_file() else Params()))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout/stderr to our lines
     predictor = Predictor.load(model, backend)
-    errors.print(f"model {predictor.source}, backend {predictor.backend}", highlight=False)
+    shown = model if predictor.source == model else f"{model} ({predictor.source})"
+    errors.print(f"model {shown}, backend {predictor.backend}", highlight=False)
     for reason in predictor.passed_over:
         errors.print(f"passed over {escape(reason)}", highlight=False)
     # A table for a person at a terminal; whole paths, tab-separated, when the output goes to a file or pipe.
@@ -266,7 +267,7 @@ def predict(
         console.print(table)
     if not done and not failed:
         errors.print(f"[red]error:[/red] no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) found", highlight=False)
-    errors.print(f"{done} images classified with {predictor.backend} ({predictor.source}); {failed} failed")
+    errors.print(f"{done} images classified with {predictor.backend} ({shown}); {failed} failed")
     if failed or not done:
         raise typer.Exit(1)
 

@@ -210,7 +210,9 @@ def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_c
     port = free_port()
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{STUDENT}@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    serve_env = {**env(), "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # MLflow 3.17's CLI resolves `models:/` through MLFLOW_REGISTRY_URI (a local sqlite store without it).
+    serve_env = {**env(), "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_REGISTRY_URI": server.uri}
+    serve_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     log = tmp_path / "serve.log"
     with background(command, log, cwd=elsewhere, env=serve_env) as serving:
         try:
