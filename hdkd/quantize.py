@@ -1,10 +1,12 @@
 """The `onnx_int8` compile target: ONNX Runtime static quantization of the fp32 student.
 
 QDQ format, per-channel int8 weights, uint8 activations, calibrated on images of the *training* split
-(never test). Only the convolutions are quantized: on a 2-core AVX-512/VNNI machine that was both the
-fastest variant at batch 1 (12.9 ms against 13.5 ms with MatMul and Gemm too, 19.9 ms fp32) and by far
-the most faithful (max logit difference 9e-4 against 3e-2). An int8 model is accepted only if it agrees
-with fp32 on the validation split and keeps its macro-F1; otherwise the stage records why it was refused.
+(never test). Only the convolutions are quantized: quantizing MatMul, Add and Mul too destroyed the
+input-dependent part of the logits (max difference 3e-2 against 9e-4 conv-only). Speed depends on the
+session: on a 2-core AVX-512/VNNI machine, paper preset, it ran 12.9 ms at batch 1 against 19.9 ms fp32
+with a spinning ORT session, but 18.0 ms against 17.0 ms with this project's non-spinning one (faster
+at batch 16: 283 ms against 312 ms). An int8 model is accepted only if it agrees with fp32 on the
+validation split and keeps its macro-F1; otherwise the stage records why it was refused.
 """
 
 from __future__ import annotations
