@@ -150,15 +150,10 @@ def run_queue(root: Path, log: Callable[[str], None], poll_seconds: float = 5.0)
         time.sleep(poll_seconds)
 
 
-def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
     path = client.download_artifacts(run_id, f"reports/plots/confusion/{kind}.csv")
     rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
-    classes = sorted({row["actual"] for row in rows} | {row["predicted"] for row in rows})
-    return (
-        np.array([row["actual"] for row in rows]),
-        np.array([row["predicted"] for row in rows]),
-        classes,
-    )
+    return np.array([row["actual"] for row in rows]), np.array([row["predicted"] for row in rows])
 
 
 def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
@@ -180,8 +175,8 @@ def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, in
     found: dict[tuple[str, int], dict[str, np.ndarray]] = {}
     for run in runs:
         key = (run.data.tags["ablation.config"], int(run.data.tags["ablation.seed"]))
-        labels, student, _ = _predictions(client, run.info.run_id, "student")
-        _, distilled, _ = _predictions(client, run.info.run_id, "distilled")
+        labels, student = _predictions(client, run.info.run_id, "student")
+        _, distilled = _predictions(client, run.info.run_id, "distilled")
         found[key] = {"labels": labels, "student": student, "distilled": distilled}
     return found
 

@@ -212,10 +212,6 @@ def compare_students(
             for kind in ("student", "distilled")
         ),
     }
-    if "teacher" in predicted:
-        result["teacher_agreement"] = {
-            kind: float(np.mean(predicted[kind] == predicted["teacher"])) for kind in ("student", "distilled")
-        }
     return result
 
 
@@ -308,6 +304,10 @@ def evaluate(
                 )
             macro_f1 = {name: report["metrics"]["macro_f1"] for name, report in reports.items()}
             result = compare_students(split.labels, predictions, macro_f1, len(classes), params.seed)
+            if result and "teacher" in reports:  # each student's agreement, computed once in _evaluate_one
+                result["teacher_agreement"] = {
+                    kind: reports[kind]["metrics"]["teacher_agreement"] for kind in ("student", "distilled")
+                }
             for name, report in reports.items():
                 write_json(out["evaluate"] / f"{name}.json", report)
             if result:

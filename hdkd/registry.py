@@ -133,12 +133,13 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     client = MlflowClient()
     registered: dict[str, Any] = {}
     manifest = layout.split / "manifest.csv"
+    test_data = layout.split / "test.npz"
+    classes = list(load_split(test_data).classes) if test_data.is_file() else []
     for kind, network in NETWORKS.items():
         name = network.registered_name
         logged = json.loads(layout.logged_model(kind).read_text())
         model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
         metrics = json.loads(layout.stage_summary(kind).read_text())
-        classes = load_split(layout.split / "test.npz").classes if (layout.split / "test.npz").is_file() else []
         tags = {
             "kind": kind,
             "preset": params.model.preset,

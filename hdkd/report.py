@@ -140,15 +140,9 @@ def teacher_gap_sentence(macro_f1: Mapping[str, float]) -> str | None:
 
 
 def notes(reports: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Caveats every reader must see: how the students were treated and anything off-recipe."""
-    out = []
-    first = next(iter(reports.values()))
-    if treatment := first.get("treatment"):
-        out.append(treatment)
-    for name, report in reports.items():
-        if warning := report.get("image_size_warning"):
-            out.append(f"{label(name)}: {warning}")
-    return out
+    """Caveats every reader must see: how the students were treated."""
+    treatment = next(iter(reports.values())).get("treatment")
+    return [treatment] if treatment else []
 
 
 def summary_markdown(reports_dir: str | Path, image_size: int, learning: bool) -> str:

@@ -4,9 +4,9 @@ the compile stage's latency table of every runner at batch 1 and 16.
 Hand-written rather than `torch.utils.benchmark.Timer`: backends are timed in alternating *blocks*
 (a a a, b b b, b b b, a a a, ...) with per-call p90s. Blocks, not call-by-call interleaving: a backend's
 thread pool spins for a while after each call and steals the cores from whatever runs next, which
-made eager PyTorch at batch 1 look 1.7x slower than it is (50 ms in blocks, 84 ms interleaved) and
-flattered ONNX Runtime accordingly. Alternating the order across rounds still spreads load from other
-processes over every backend.
+made eager PyTorch at batch 1 look 1.7x slower than it is (paper preset, 2-core AVX-512 EPYC: 50 ms
+in blocks, 84 ms interleaved) and flattered ONNX Runtime accordingly. Alternating the order across
+rounds still spreads load from other processes over every backend.
 """
 
 from __future__ import annotations
