@@ -3,8 +3,9 @@
 Each (configuration, seed) is one `dvc exp run --queue evaluate -S ...` experiment, run by DVC's own queue
 (`dvc queue start`). The students get the seed (`student.seed`, `distill.seed`); the data and the teacher
 keep theirs and are brought up to date once, in the workspace, before the experiments start from it, so
-they are not retrained (except the MBConv teacher of the `mbconv` configuration). Every experiment also
-trains the plain student of its seed, the baseline of every comparison.
+they are not retrained (except the MBConv teacher of the `mbconv` configuration, once). The plain student
+of a seed, the baseline of every comparison, is trained by that seed's first experiment; the others get
+it from DVC's run cache.
 
 The results come back through MLflow: each experiment's evaluate run is tagged `ablation.batch`,
 `ablation.config` and `ablation.seed`, and holds the per-image test predictions. For each configuration
@@ -294,8 +295,7 @@ def ablate(
     use_store(tracking_uri)
     experiments = plan(configs, seeds, first_seed, batch)
     began = time.perf_counter()
-    # The teacher and the data first, here: the experiments then start from them. (Training stages keep
-    # `persist` outputs to resume after a kill, which DVC never restores from its run cache.)
+    # The teacher and the data first, here: the experiments then start from them.
     log("ablation: data and teacher (dvc repro train_teacher; nothing runs when they are up to date)")
     _dvc(["repro", "train_teacher"], root)
     _stage_lock_file(root, log)

@@ -168,11 +168,13 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
             typer.echo(f"{title}\n\n{markdown_table(reports_by_model)}\n")
         typer.echo(verdict(comparison(reports)))
     tuned = reports / "stages" / "tune.json"
-    if tuned.is_file() and (study := json.loads(tuned.read_text())).get("enabled", True):
-        console.print(
-            f"tune: best val macro-F1 {study['best_value']:.3f} (trial {study['best_trial']}) of {study['n_trials']} "
-            f"trials, {study['n_pruned']} pruned; distill used its settings (reports/tune/best_params.json)"
-        )
+    if tuned.is_file() and (studies := json.loads(tuned.read_text())).get("enabled"):
+        for kind in ("student", "distilled"):
+            study = studies[kind]
+            console.print(
+                f"tune {kind}: best val macro-F1 {study['best_value']:.3f} (trial {study['best_trial']}) of "
+                f"{study['n_trials']} trials, {study['n_pruned']} pruned; trained with it (reports/tune/{kind}.json)"
+            )
     compiled = reports / "stages" / "compile.json"
     if compiled.is_file():
         built = json.loads(compiled.read_text())
@@ -297,8 +299,8 @@ def tune(
     params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tune.n_trials=20")] = None,
 ) -> None:
-    """Optuna study over the distill hyper-parameters: queue trials up to tune.n_trials, run workers, report."""
-    from hdkd.tune import run_workers, study_name, tune_stage
+    """Optuna studies of both students alike: queue trials up to tune.n_trials each, run workers, report."""
+    from hdkd.tune import TUNED_KINDS, run_workers, study_name, tune_stage
 
     loaded = _load_params(params, set_)
     if not join:
@@ -311,4 +313,5 @@ def tune(
         )
     count = workers or loaded.tune.workers
     ran = run_workers(loaded, count, first_worker=first_worker)
-    console.print(f"tune: {ran} trial(s) run by {count} worker(s) joined to {study_name(loaded)!r}")
+    names = " and ".join(repr(study_name(loaded, kind)) for kind in TUNED_KINDS)
+    console.print(f"tune: {ran} trial(s) run by {count} worker(s) joined to {names}")

@@ -104,11 +104,11 @@ UNTUNABLE = frozenset({"epochs"})  # a trial always trains `tune.epochs`
 
 
 class TuneParams(_Strict):
-    """The Optuna study over the `distill` section. `space` maps distill keys to a range or choices."""
+    """The Optuna studies of both students. `space` maps distill keys to a range or choices."""
 
-    enabled: bool = False  # tuning only HDKD would tilt the comparison with the plain student
+    enabled: bool = False
     storage: str = "sqlite:///optuna.db"  # an RDB URL; PostgreSQL for workers on several machines
-    study_name: str = "hdkd-distill"
+    study_name: str = "hdkd"
     n_trials: int = Field(8, ge=1)  # the study's total, over every rerun and every worker
     timeout: float | None = Field(None, gt=0)  # seconds after which a worker starts no new trial
     epochs: int = Field(3, ge=1)
@@ -118,6 +118,11 @@ class TuneParams(_Strict):
     pruner_startup_trials: int = Field(2, ge=0)  # complete trials before the median pruner compares
     pruner_warmup_epochs: int = Field(1, ge=0)  # epochs every trial runs before the median pruner may stop it
     space: dict[str, FloatRange | Choice] = Field(default_factory=dict)
+
+    def shared_space(self) -> dict[str, FloatRange | Choice]:
+        """What the plain student searches: the keys of `space` its section has too (lr, weight_decay, ...),
+        with the same ranges as HDKD, which searches all of `space`."""
+        return {key: spec for key, spec in self.space.items() if key in TrainParams.model_fields}
 
     @model_validator(mode="after")
     def _space_fits_distill(self) -> TuneParams:

@@ -39,13 +39,18 @@ class Layout:
         """What a stage measured besides the headline (validation, training, tuning, compile numbers)."""
         return self.reports / "stages" / f"{stage}.json"
 
-    @property
-    def tuned_params(self) -> Path:
-        """The tune stage's best settings, applied by the training stages (`train.apply_best_params`)."""
-        return self.reports / "tune" / "best_params.json"
+    def tuned_params(self, kind: str) -> Path:
+        """The tune stage's best settings for a student, applied by its stage (`train.apply_best_params`)."""
+        return self.reports / "tune" / f"{kind}.json"
 
     def checkpoint(self, kind: str) -> Path:
         return self.models / kind / "best.pt"
+
+    def unfinished(self, kind: str) -> Path:
+        """Where a training stage keeps `last.pt` and `best.pt` while it runs. Outside its DVC output, which
+        DVC deletes before a rerun, so a killed stage resumes; and the output itself needs no `persist`,
+        which would keep DVC's run cache from restoring a stage it ran before with the same inputs."""
+        return self.models / ".unfinished" / kind
 
     def logged_model(self, kind: str) -> Path:
         """The MLflow run and logged-model ids of a trained network, read by `register`."""

@@ -44,7 +44,7 @@ def _training(kind: str) -> Callable[[], Any]:
         from hdkd.train import apply_best_params, train_stage
 
         params = load_params()
-        return train_stage(apply_best_params(params) if kind == "distilled" else params, kind)
+        return train_stage(apply_best_params(params, kind) if kind != "teacher" else params, kind)
 
     return run
 

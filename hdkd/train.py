@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -178,8 +179,9 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     """A pipeline training stage: train `kind`, track it in MLflow, log the model, write reports.
 
     With `distributed.nproc` > 1 the stage re-runs itself under torchrun; rank 0 alone tracks and writes.
-    A stage killed mid-run resumes from its `last.pt` when rerun (dvc.yaml keeps `models/<kind>` with
-    `persist: true`), if that checkpoint is an unfinished run of this same job; else it trains afresh.
+    The run trains in `layout.unfinished(kind)`; a stage killed mid-run resumes from the `last.pt` there
+    when rerun, if that checkpoint is an unfinished run of this same job; else it trains afresh. A finished
+    run moves its `best.pt` to `models/<kind>/` and leaves nothing else behind.
     """
     if params.distributed.nproc > 1 and not under_torchrun():
         relaunch_with_torchrun(NETWORKS[kind].stage, params.distributed.nproc)
@@ -187,11 +189,11 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     world = init_world()
     share_cores(params.data.num_workers)
     train_data, val_data = layout.balanced / "train.npz", layout.split / "val.npz"
-    out_dir = layout.models / kind
+    work_dir = layout.unfinished(kind)
     teacher_path = layout.checkpoint("teacher") if kind == "distilled" else None
     if not world.is_main:
         train(
-            params, kind, train_data, val_data, out_dir, teacher_path, resume="unfinished", progress=False, world=world
+            params, kind, train_data, val_data, work_dir, teacher_path, resume="unfinished", progress=False, world=world
         )
         return {}
     section = NETWORKS[kind].section
@@ -202,14 +204,16 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
             kind,
             train_data,
             val_data,
-            out_dir,
+            work_dir,
             teacher_path,
             resume="unfinished",
             callbacks=[MlflowCallback()],
             progress=progress,
             world=world,
         )
-        model, _ = load_trained(result.best_path)
+        with atomic_path(layout.checkpoint(kind)) as tmp:
+            shutil.copyfile(result.best_path, tmp)
+        model, _ = load_trained(layout.checkpoint(kind))
         example = _example_batch(load_split(val_data), params.data.image_size)
         info = log_torch_model(model, example, kind=kind, preset=params.model.preset)
         best = result.history[result.best_epoch]
@@ -221,6 +225,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
         write_json(layout.stage_summary(kind), summary)
         _write_learning_curve(layout.reports / "plots" / "learning" / f"{kind}.csv", result.history)
         write_json(layout.logged_model(kind), {"run_id": run.info.run_id, "model_uri": info.model_uri})
+    shutil.rmtree(work_dir)  # finished: nothing left to resume
     print(
         f"{kind}: best val macro-F1 {result.best_score:.3f} (epoch {result.best_epoch + 1}), "
         f"MLflow run {run.info.run_id}"
@@ -228,14 +233,13 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     return summary
 
 
-def apply_best_params(params: Params, path: str | Path | None = None) -> Params:
-    """`params` with the tuned distill values applied; unchanged when tuning is disabled.
-
-    For the `distill` stage: `params = apply_best_params(load_params())`.
-    """
+def apply_best_params(params: Params, kind: str, layout: Layout = REPO) -> Params:
+    """`params` with the tune stage's best values for a student `kind` applied; unchanged when tuning is
+    disabled. For the `train_student` and `distill` stages: `apply_best_params(load_params(), kind)`."""
     if not params.tune.enabled:
         return params
-    path = Path(path) if path is not None else REPO.tuned_params
+    section = NETWORKS[kind].section
+    path = layout.tuned_params(kind)
     try:
         best = json.loads(path.read_text())
     except FileNotFoundError:
@@ -247,6 +251,8 @@ def apply_best_params(params: Params, path: str | Path | None = None) -> Params:
     if not best.get("enabled"):
         return params
     overrides = best.get("overrides") or {}
-    if bad := [key for key in overrides if not key.startswith("distill.")]:
-        raise ConfigError(f"{path}: overrides outside the distill section ({', '.join(bad)}); run the tune stage again")
-    return with_section(params, "distill", {key.removeprefix("distill."): value for key, value in overrides.items()})
+    if bad := [key for key in overrides if not key.startswith(f"{section}.")]:
+        raise ConfigError(
+            f"{path}: overrides outside the {section} section ({', '.join(bad)}); run the tune stage again"
+        )
+    return with_section(params, section, {key.removeprefix(f"{section}."): value for key, value in overrides.items()})

@@ -52,6 +52,8 @@ def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path)
     assert {("train_distilled", "hdkd"), ("train_distilled", "feature_only")} <= configs
     assert {("evaluate", "hdkd"), ("evaluate", "feature_only")} <= configs
     assert not [r for r in runs if r.data.tags["stage"] == "train_teacher"]
+    # The plain student trained once, in the baseline's experiment; the other one got it from DVC's run cache.
+    assert [r.data.tags["ablation.config"] for r in runs if r.data.tags["stage"] == "train_student"] == ["hdkd"]
     assert summary["classes"] == sorted(classes)
 
     run(["dvc", "repro"], repo)  # compile and register on the same own data

@@ -10,12 +10,13 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from hdkd.checkpoint import load_trained, save_checkpoint
-from hdkd.config import Params
+from hdkd.config import Params, params_from_dict
 from hdkd.data.loading import eval_transform
 from hdkd.evaluate import (
     HEADLINE,
     EvaluationError,
     evaluate,
+    treatment,
 )
 from hdkd.gradcam import GRADCAM_MIN_SIZE, gradcam_picks
 from hdkd.models import build_model
@@ -151,6 +152,22 @@ def test_summary_puts_the_three_models_side_by_side(evaluated):
     assert labels == ["Teacher (CNN)", "Plain student (no KD)", "HDKD student"]
     assert verdict(comparison(evaluated["reports"])) in summary
     assert "Neither student was tuned" in summary  # tune.enabled is false in these params
+
+
+def test_the_summary_says_both_students_were_tuned_alike_and_over_which_keys():
+    tuned = params_from_dict(
+        {
+            "tune": {
+                "enabled": True,
+                "n_trials": 7,
+                "epochs": 3,
+                "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "alpha": {"low": 0.1, "high": 0.9}},
+            }
+        }
+    )
+    said = treatment(tuned)
+    assert said.startswith("Both students were tuned alike: 7 Optuna trials each (3 epochs per trial")
+    assert "same optimiser keys (lr)" in said and "HDKD also searched its distillation keys (alpha)" in said
 
 
 def test_gradcam_overlays_for_teacher_and_hdkd_only(evaluated):

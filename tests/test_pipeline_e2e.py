@@ -42,12 +42,13 @@ def test_registered_models_carry_aliases_and_the_champion_predicts(pipeline_repo
     stages = set(runs["tags.stage"])
     assert {"train_teacher", "train_student", "tune", "train_distilled", "compile"} <= stages
 
-    # distill trained with the tune stage's best settings
-    tuned = json.loads((pipeline_repo / "reports/tune/best_params.json").read_text())
-    assert tuned["n_trials"] == 2 and tuned["overrides"]
-    distill_params = runs.loc[runs["tags.stage"] == "train_distilled"].iloc[0]
-    for key, value in tuned["overrides"].items():
-        assert distill_params[f"params.{key}"] == str(value), key
+    # both students trained with their own study's best settings, the same budget each
+    for kind in ("student", "distilled"):
+        tuned = json.loads((pipeline_repo / f"reports/tune/{kind}.json").read_text())
+        assert tuned["n_trials"] == 2 and tuned["overrides"]
+        trained_with = runs.loc[runs["tags.stage"] == f"train_{kind}"].iloc[0]
+        for key, value in tuned["overrides"].items():
+            assert trained_with[f"params.{key}"] == str(value), key
     stage_runs = runs[runs["tags.mlflow.parentRunId"].isna()]  # Optuna trials are runs nested in `tune`
     assert stage_runs["tags.data_manifest_sha256"].notna().all()
 

@@ -488,7 +488,7 @@ def test_training_stage_killed_mid_run_is_marked_killed_by_its_next_run(tmp_path
     root = training_dir(tmp_path)
     stage = [sys.executable, "-m", "pipelines.train_student"]
     victim = start_group(stage, root, **ONE_THREAD)
-    last = root / "models" / "student" / "last.pt"
+    last = root / "models" / ".unfinished" / "student" / "last.pt"
     wait_until(last.is_file, "the first epoch's checkpoint", 300, victim)
     kill_group(victim)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

@@ -1,5 +1,5 @@
-"""The tune stage against real storages: exact budgets with two worker processes (SQLite and a
-PostgreSQL server started here), real pruning, optuna-dashboard's HTTP API, nested MLflow runs."""
+"""The tune stage against real storages: both students tuned alike, exact budgets with two worker processes
+(SQLite and a PostgreSQL server started here), real pruning, optuna-dashboard's HTTP API, nested MLflow runs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from hdkd.config import ConfigError, Params, params_from_dict, with_section
 from hdkd.data.arrays import save_split
 from hdkd.layout import Layout
 from hdkd.train import apply_best_params, train
-from hdkd.tune import TuneError, run_worker, study_name, tune_stage
+from hdkd.tune import TUNED_KINDS, TuneError, run_worker, study_name, tune_stage
+from hdkd.tune.space import space_for
 from hdkd.tune.storage import open_storage
 from hdkd.tune.worker import PARENT_RUN_ATTR
 from tests.helpers import toy_images
@@ -42,6 +43,7 @@ def make_params(storage: str, **tune: object) -> Params:
     return params_from_dict(
         {
             "teacher": {"epochs": 3, "batch_size": 16, "lr": 3e-3, "sched": "none"},
+            "student": {"batch_size": 16, "sched": "none"},
             "distill": {"batch_size": 16, "sched": "none"},
             "tune": {
                 "enabled": True,
@@ -100,10 +102,10 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
 
 
 def check_exact_study(
-    params: Params, layout: Layout, n_trials: int, workers: set[str]
+    params: Params, layout: Layout, kind: str, n_trials: int, workers: set[str]
 ) -> list[optuna.trial.FrozenTrial]:
     """Exactly `n_trials` trials, each run once (one MLflow child run), finished, no duplicate parameters."""
-    study = optuna.load_study(study_name=study_name(params, layout), storage=params.tune.storage)
+    study = optuna.load_study(study_name=study_name(params, kind, layout), storage=params.tune.storage)
     trials = study.get_trials()
     assert [t.number for t in trials] == list(range(n_trials))
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}, [t.state for t in trials]
@@ -125,29 +127,36 @@ def check_exact_study(
         assert run.info.status == {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}[trial.state]
         history = client.get_metric_history(run.info.run_id, "val_macro_f1")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == list(trial.intermediate_values.values())
-        assert {f"distill.{key}" for key in BUDGET_SPACE} <= set(run.data.params)
+        assert run.data.tags["tune.kind"] == kind
     assert {run.data.tags["tune.worker"] for run in children} == workers
 
-    best = json.loads(layout.tuned_params.read_text())
+    section = {"student": "student", "distilled": "distill"}[kind]
+    searched = {f"{section}.{key}" for key in space_for(params, kind)}
+    assert all(set(run.data.params) == searched for run in children)
+    best = json.loads(layout.tuned_params(kind).read_text())
     assert best["enabled"] and best["best_value"] == study.best_value
-    assert set(best["overrides"]) == {f"distill.{key}" for key in BUDGET_SPACE}
+    assert set(best["overrides"]) == searched
     metrics = json.loads(layout.stage_summary("tune").read_text())
-    assert metrics["n_complete"] + metrics["n_pruned"] == n_trials and metrics["trials_per_minute"] > 0
+    assert metrics[kind]["n_complete"] + metrics[kind]["n_pruned"] == n_trials and metrics["trials_per_minute"] > 0
     return trials
 
 
 def two_workers_exact_budget(storage: str, layout: Layout) -> None:
-    params = make_params(storage)
+    params = make_params(storage, n_trials=4)
     tune_stage(params, layout, workers=2)
-    first = check_exact_study(params, layout, 5, workers={"0", "1"})
+    # Both students alike: the same budget; the plain student searches the shared key (lr) over the same range.
+    assert space_for(params, "student") == {"lr": params.tune.space["lr"]}
+    first = {kind: check_exact_study(params, layout, kind, 4, workers={"0", "1"}) for kind in TUNED_KINDS}
 
     # A spent budget creates nothing, even for a worker that joins late.
     assert run_worker(params, 7, layout) == 0
 
-    # A rerun with a larger budget extends the same study and keeps every finished trial.
-    tune_stage(params.model_copy(update={"tune": params.tune.model_copy(update={"n_trials": 6})}), layout, workers=1)
-    extended = check_exact_study(params, layout, 6, workers={"0", "1"})
-    assert [(t.params, t.values, t.state) for t in extended[:5]] == [(t.params, t.values, t.state) for t in first]
+    # A rerun with a larger budget extends the same studies and keeps every finished trial.
+    tune_stage(params.model_copy(update={"tune": params.tune.model_copy(update={"n_trials": 5})}), layout, workers=1)
+    for kind in TUNED_KINDS:
+        extended = check_exact_study(params, layout, kind, 5, workers={"0", "1"})
+        kept = [(t.params, t.values, t.state) for t in extended[:4]]
+        assert kept == [(t.params, t.values, t.state) for t in first[kind]]
 
 
 def test_two_workers_share_one_sqlite_study_with_an_exact_budget(workspace, mlflow_store, tmp_path, one_thread):
@@ -168,6 +177,7 @@ def pruned_study(workspace, tmp_path_factory) -> tuple[Params, dict]:
         f"sqlite:///{root}/optuna.db",
         space=BAD_SPACE,
         n_trials=6,
+        epochs=3,  # the plain student learns the toy set in its second epoch: a bad one is behind from then
         sampler_startup_trials=6,  # seeded random draws: good and bad settings mixed
         pruner_startup_trials=1,
         pruner_warmup_epochs=0,
@@ -181,18 +191,21 @@ def pruned_study(workspace, tmp_path_factory) -> tuple[Params, dict]:
             tune_stage(params, workspace, workers=1)
         finally:
             torch.set_num_threads(before)
-    for name in ("history", "importances", "intermediate"):
-        assert (workspace.reports / "plots" / f"tune_{name}.png").stat().st_size > 1000
-    return params, json.loads(workspace.tuned_params.read_text())
+    for kind in TUNED_KINDS:
+        for name in ("history", "importances", "intermediate"):
+            assert (workspace.reports / "plots" / "tune" / f"{kind}_{name}.png").stat().st_size > 1000
+    return params, {kind: json.loads(workspace.tuned_params(kind).read_text()) for kind in TUNED_KINDS}
 
 
-def test_median_pruner_stops_bad_trials(pruned_study):
-    params, best = pruned_study
+@pytest.mark.parametrize(("kind", "section"), [("student", "student"), ("distilled", "distill")])
+def test_median_pruner_stops_bad_trials(pruned_study, kind, section):
+    params, best_of = pruned_study
+    best = best_of[kind]
     trials = optuna.load_study(study_name=best["study_name"], storage=params.tune.storage).trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, [(t.params, t.state, t.intermediate_values) for t in trials]
     assert all(t.intermediate_values and t.params["lr"] == 1e-7 for t in pruned)
-    assert best["overrides"] == {"distill.lr": 3e-3} and best["n_pruned"] == len(pruned)
+    assert best["overrides"] == {f"{section}.lr": 3e-3} and best["n_pruned"] == len(pruned)
 
 
 class _Quiet(WSGIRequestHandler):
@@ -201,7 +214,8 @@ class _Quiet(WSGIRequestHandler):
 
 
 def test_dashboard_serves_trials_and_intermediate_values(pruned_study):
-    params, best = pruned_study
+    params, best_of = pruned_study
+    best = best_of["distilled"]
     server = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(params.tune.storage), handler_class=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -228,25 +242,35 @@ def test_disabled_tuning_writes_its_outputs_and_changes_nothing(tmp_path):
     layout = Layout(tmp_path)
     params = make_params("sqlite:///unused.db", enabled=False)
     assert tune_stage(params, layout) == {"enabled": False}
-    assert json.loads(layout.tuned_params.read_text()) == {"enabled": False}
-    assert (layout.reports / "plots" / "tune_history.png").is_file()
-    assert apply_best_params(params, tmp_path / "absent.json") is params
     enabled = make_params("sqlite:///unused.db")
-    assert apply_best_params(enabled, layout.tuned_params) is enabled  # the file says tuning was off
+    for kind in TUNED_KINDS:
+        assert json.loads(layout.tuned_params(kind).read_text()) == {"enabled": False}
+        assert (layout.reports / "plots" / "tune" / f"{kind}_history.png").is_file()
+        assert apply_best_params(params, kind, Layout(tmp_path / "absent")) is params
+        assert apply_best_params(enabled, kind, layout) is enabled  # the file says tuning was off
 
 
-def test_apply_best_params_merges_overrides_into_distill(tmp_path):
+def test_apply_best_params_merges_each_students_overrides_into_its_own_section(tmp_path):
     params = make_params("sqlite:///unused.db")
-    path = tmp_path / "best_params.json"
-    path.write_text(json.dumps({"enabled": True, "overrides": {"distill.lr": 0.004, "distill.stages": [2, 3]}}))
-    tuned = apply_best_params(params, path)
+    layout = Layout(tmp_path)
+    layout.tuned_params("distilled").parent.mkdir(parents=True)
+    distilled = {"enabled": True, "overrides": {"distill.lr": 0.004, "distill.stages": [2, 3]}}
+    layout.tuned_params("distilled").write_text(json.dumps(distilled))
+    layout.tuned_params("student").write_text(json.dumps({"enabled": True, "overrides": {"student.lr": 0.006}}))
+    tuned = apply_best_params(params, "distilled", layout)
     assert (tuned.distill.lr, tuned.distill.stages) == (0.004, [2, 3])
     assert tuned.distill.epochs == params.distill.epochs and tuned.teacher == params.teacher
+    assert tuned.student == params.student
+    student = apply_best_params(params, "student", layout)
+    assert student.student.lr == 0.006 and student.distill == params.distill
     with pytest.raises(ConfigError, match="run the tune stage first"):
-        apply_best_params(params, tmp_path / "absent.json")
-    path.write_text(json.dumps({"enabled": True, "overrides": {"distill.alpha": 3.0}}))
+        apply_best_params(params, "distilled", Layout(tmp_path / "absent"))
+    layout.tuned_params("distilled").write_text(json.dumps({"enabled": True, "overrides": {"distill.alpha": 3.0}}))
     with pytest.raises(ConfigError, match=r"distill\.alpha"):
-        apply_best_params(params, path)
+        apply_best_params(params, "distilled", layout)
+    layout.tuned_params("student").write_text(json.dumps({"enabled": True, "overrides": {"distill.alpha": 0.3}}))
+    with pytest.raises(ConfigError, match=r"outside the student section \(distill\.alpha\)"):
+        apply_best_params(params, "student", layout)
 
 
 def test_unusable_storage_is_one_clear_error(tmp_path):
@@ -275,6 +299,8 @@ def test_bad_search_space_names_the_key(space, message):
 def test_empty_space_and_missing_inputs_are_clear_errors(tmp_path):
     with pytest.raises(TuneError, match=r"tune\.space is empty"):
         tune_stage(make_params("sqlite://", space={}), Layout(tmp_path))
+    with pytest.raises(TuneError, match=r"searches no key of the student section.*both students are tuned alike"):
+        tune_stage(make_params("sqlite://", space={"alpha": {"low": 0.1, "high": 0.9}}), Layout(tmp_path))
     with pytest.raises(TuneError, match=r"train\.npz.*dvc repro train_teacher"):
         tune_stage(make_params("sqlite://"), Layout(tmp_path))
 
@@ -284,7 +310,7 @@ def test_budget_counts_requeued_interruptions_once(workspace, tmp_path):
     params = make_params(f"sqlite:///{tmp_path}/optuna.db", n_trials=3)
     from hdkd.tune.storage import budget_used, prepare_study
 
-    study, queued = prepare_study(params, workspace)
+    study, queued = prepare_study(params, "distilled", workspace)
     assert queued == 3 and budget_used(study.trials) == 3
     # The first trial of a new study is params.yaml's own distill setting, where the space holds it
     # (distill.lr 5e-5 lies outside the searched 1e-3..1e-2: the sampler picks that one).
@@ -297,27 +323,32 @@ def test_budget_counts_requeued_interruptions_once(workspace, tmp_path):
     assert storage.set_trial_state_values(trial_id, TrialState.FAIL)
     optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
     assert len(study.trials) == 4 and budget_used(study.trials) == 3
-    _, queued = prepare_study(params, workspace)
+    _, queued = prepare_study(params, "distilled", workspace)
     assert queued == 0 and len(study.trials) == 4
 
 
 def test_the_study_is_named_after_its_inputs(workspace, tmp_path):
-    """Same teacher, data and fixed settings: the same study (reruns extend it); other inputs: a new one."""
+    """Same data, fixed settings (and teacher, for HDKD): the same study (reruns extend it); else a new one."""
     params = make_params("sqlite://")
-    name = study_name(params, workspace)
-    assert name.startswith(f"{params.tune.study_name}-")
+    name = study_name(params, "distilled", workspace)
+    student = study_name(params, "student", workspace)
+    assert name.startswith(f"{params.tune.study_name}-distilled-") and student.startswith("hdkd-student-")
     more_trials = params.model_copy(update={"tune": params.tune.model_copy(update={"n_trials": 50})})
     searched_key_moved = with_section(
         params, "distill", {"lr": 0.5, "epochs": 99}
     )  # lr is searched, epochs unused by trials
-    assert study_name(more_trials, workspace) == study_name(searched_key_moved, workspace) == name
-    assert study_name(with_section(params, "distill", {"batch_size": 8}), workspace) != name
+    assert study_name(more_trials, "distilled", workspace) == study_name(searched_key_moved, "distilled", workspace)
+    assert study_name(searched_key_moved, "distilled", workspace) == name
+    assert study_name(with_section(params, "distill", {"batch_size": 8}), "distilled", workspace) != name
+    assert study_name(with_section(params, "distill", {"batch_size": 8}), "student", workspace) == student
+    assert study_name(with_section(params, "student", {"batch_size": 8}), "student", workspace) != student
 
     other = Layout(tmp_path)
     for path in (workspace.checkpoint("teacher"), workspace.balanced / "train.npz", workspace.split / "val.npz"):
         target = other.root / path.relative_to(workspace.root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
-    assert study_name(params, other) == name
+    assert study_name(params, "distilled", other) == name
     other.checkpoint("teacher").write_bytes(other.checkpoint("teacher").read_bytes() + b"\0")
-    assert study_name(params, other) != name
+    assert study_name(params, "distilled", other) != name
+    assert study_name(params, "student", other) == student  # the plain student never sees the teacher

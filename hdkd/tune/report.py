@@ -1,4 +1,4 @@
-"""What a study leaves behind: best parameters for the distill stage, a summary and Optuna's plots."""
+"""What the studies leave behind: best parameters for the two student stages, a summary and Optuna's plots."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import optuna
 from optuna.trial import TrialState
 
 from hdkd.files import atomic_path, write_json
+from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
-from hdkd.tune.space import value_of
+from hdkd.tune.space import TUNED_KINDS, value_of
 from hdkd.tune.storage import TuneError
 from hdkd.tune.worker import OBJECTIVE
 
+PLOTS = ("history", "importances", "intermediate")
 
-def plot_paths(layout: Layout) -> dict[str, Path]:
-    plots = layout.reports / "plots"
-    return {name: plots / f"tune_{name}.png" for name in ("history", "importances", "intermediate")}
+
+def plot_paths(layout: Layout, kind: str) -> dict[str, Path]:
+    return {name: layout.reports / "plots" / "tune" / f"{kind}_{name}.png" for name in PLOTS}
 
 
 def _pyplot() -> Any:
@@ -47,12 +49,12 @@ def _note(path: Path, title: str, text: str) -> None:
     _save(figure, path)
 
 
-def write_plots(study: optuna.Study, layout: Layout = REPO) -> None:
+def write_plots(study: optuna.Study, kind: str, layout: Layout = REPO) -> None:
     """Optimisation history, parameter importances and intermediate values (Optuna's matplotlib plots)."""
     _pyplot()
     from optuna.visualization import matplotlib as plots
 
-    paths = plot_paths(layout)
+    paths = plot_paths(layout, kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         _save(plots.plot_optimization_history(study, target_name=OBJECTIVE).figure, paths["history"])
@@ -63,12 +65,13 @@ def write_plots(study: optuna.Study, layout: Layout = REPO) -> None:
             _note(paths["importances"], "Hyperparameter importances", f"not computable yet: {error}")
 
 
-def best_overrides(study: optuna.Study) -> dict[str, Any]:
-    """The best trial's parameters as dotted distill overrides (`{"distill.stages": [2, 3], ...}`)."""
-    return {f"distill.{key}": value_of(key, label) for key, label in study.best_trial.params.items()}
+def best_overrides(study: optuna.Study, kind: str) -> dict[str, Any]:
+    """The best trial's parameters as dotted overrides of `kind`'s section (`{"distill.stages": [2, 3], ...}`)."""
+    section = NETWORKS[kind].section
+    return {f"{section}.{key}": value_of(key, label) for key, label in study.best_trial.params.items()}
 
 
-def summarize(study: optuna.Study, run_trials: int, run_seconds: float) -> dict[str, Any]:
+def summarize(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
@@ -86,16 +89,15 @@ def summarize(study: optuna.Study, run_trials: int, run_seconds: float) -> dict[
         "n_failed": count[TrialState.FAIL],
         "n_waiting": count[TrialState.WAITING],
         "pruned_share": count[TrialState.PRUNED] / finished,
-        "run_trials": run_trials,
-        "trials_per_minute": run_trials / (run_seconds / 60) if run_seconds > 0 else 0.0,
     }
 
 
 def write_disabled(layout: Layout) -> dict[str, Any]:
     summary = {"enabled": False}
-    write_json(layout.tuned_params, summary)
+    for kind in TUNED_KINDS:
+        write_json(layout.tuned_params(kind), summary)
+        for name, path in plot_paths(layout, kind).items():
+            _note(path, f"tune {kind}: {name}", "tuning disabled (tune.enabled: false): neither student is tuned")
     write_json(layout.stage_summary("tune"), summary)
-    for name, path in plot_paths(layout).items():
-        _note(path, f"tune: {name}", "tuning disabled (tune.enabled: false): distill uses params.yaml as it is")
-    print("tune: disabled (tune.enabled: false); distill uses params.yaml as it is")
+    print("tune: disabled (tune.enabled: false); neither student is tuned, both train with params.yaml as it is")
     return summary

@@ -1,4 +1,9 @@
-"""The search space: `tune.space` sampled as distill values, and params.yaml's own setting as a point."""
+"""The search spaces: `tune.space` sampled as section values, and params.yaml's own setting as a point.
+
+Both students are tuned alike (a fair comparison): the plain student searches the keys of
+`tune.space` that its `student` section has too (the optimiser keys: lr, weight_decay, ...), with
+the same ranges; HDKD searches all of `tune.space`, its distillation keys included.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from typing import Any, get_origin
 from optuna.trial import Trial
 
 from hdkd.config import Choice, DistillParams, FloatRange, Params
+from hdkd.kinds import NETWORKS
+
+TUNED_KINDS = ("student", "distilled")  # in this order: the student's study needs no teacher
 
 
 def _label(choice: Any) -> Any:
@@ -20,8 +28,13 @@ def value_of(key: str, label: Any) -> Any:
     return label
 
 
+def space_for(params: Params, kind: str) -> dict[str, FloatRange | Choice]:
+    """What `kind`'s study searches: all of `tune.space` for HDKD, the shared keys for the plain student."""
+    return dict(params.tune.space) if kind == "distilled" else params.tune.shared_space()
+
+
 def suggest(trial: Trial, space: dict[str, FloatRange | Choice]) -> dict[str, Any]:
-    """Sample one point of `tune.space`, as distill values (stages as lists)."""
+    """Sample one point of a search space, as section values (stages as lists)."""
     values: dict[str, Any] = {}
     for key, spec in space.items():
         if isinstance(spec, FloatRange):
@@ -31,11 +44,12 @@ def suggest(trial: Trial, space: dict[str, FloatRange | Choice]) -> dict[str, An
     return values
 
 
-def baseline_point(params: Params) -> dict[str, Any]:
-    """The distill section's values of the searched keys, as Optuna parameters, where the space holds them."""
+def baseline_point(params: Params, kind: str) -> dict[str, Any]:
+    """`kind`'s section values of its searched keys, as Optuna parameters, where the space holds them."""
+    section = getattr(params, NETWORKS[kind].section)
     point = {}
-    for key, spec in params.tune.space.items():
-        value = getattr(params.distill, key)
+    for key, spec in space_for(params, kind).items():
+        value = getattr(section, key)
         inside = spec.low <= value <= spec.high if isinstance(spec, FloatRange) else value in spec.choices
         if inside:
             point[key] = _label(value)

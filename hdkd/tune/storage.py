@@ -20,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from hdkd.config import Params, TuneParams
 from hdkd.errors import HDKDError
 from hdkd.files import sha256_file
+from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
-from hdkd.tune.space import baseline_point
+from hdkd.tune.space import baseline_point, space_for
 
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 60  # a RUNNING trial without a heartbeat for this long belongs to a dead worker
@@ -91,33 +92,30 @@ def budget_used(trials: list[FrozenTrial]) -> int:
     return len(trials) - len(retried)
 
 
-def study_name(params: Params, layout: Layout = REPO) -> str:
-    """`tune.study_name` + a digest of what a trial's value depends on besides the searched keys."""
-    fixed = params.distill.model_dump(exclude={"epochs", *params.tune.space})
+def study_name(params: Params, kind: str, layout: Layout = REPO) -> str:
+    """`<tune.study_name>-<kind>-<digest>`, the digest over what a trial's value depends on besides the
+    searched keys: the data, the fixed settings of `kind`'s section and, for HDKD, the teacher."""
+    section = NETWORKS[kind].section
+    files = [("train", layout.balanced / "train.npz"), ("val", layout.split / "val.npz")]
+    if kind == "distilled":
+        files.append(("teacher", layout.checkpoint("teacher")))
     inputs = {
-        "files": {
-            name: sha256_file(path)
-            for name, path in (
-                ("teacher", layout.checkpoint("teacher")),
-                ("train", layout.balanced / "train.npz"),
-                ("val", layout.split / "val.npz"),
-            )
-        },
-        "distill": fixed,
+        "files": {name: sha256_file(path) for name, path in files},
+        section: getattr(params, section).model_dump(exclude={"epochs", *space_for(params, kind)}),
         "model": params.model.model_dump(),
         "image_size": params.data.image_size,
         "epochs": params.tune.epochs,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    return f"{params.tune.study_name}-{digest[:8]}"
+    return f"{params.tune.study_name}-{kind}-{digest[:8]}"
 
 
-def prepare_study(params: Params, layout: Layout = REPO) -> tuple[optuna.Study, int]:
-    """Create (or load) the study and queue the trials still missing from `n_trials`; run once,
+def prepare_study(params: Params, kind: str, layout: Layout = REPO) -> tuple[optuna.Study, int]:
+    """Create (or load) `kind`'s study and queue the trials still missing from `n_trials`; run once,
     before any worker starts. Returns the study and how many trials it queued."""
     study = optuna.create_study(
         storage=open_storage(params.tune.storage),
-        study_name=study_name(params, layout),
+        study_name=study_name(params, kind, layout),
         direction="maximize",
         load_if_exists=True,
     )
@@ -126,8 +124,8 @@ def prepare_study(params: Params, layout: Layout = REPO) -> tuple[optuna.Study, 
     missing = max(0, params.tune.n_trials - budget_used(trials))
     for number in range(missing):
         # A new study's first trial is params.yaml's own setting: the best found is then never worse,
-        # on the trials' measure, than distilling without tuning.
-        study.enqueue_trial(baseline_point(params) if number == 0 and not trials else {})
+        # on the trials' measure, than training without tuning.
+        study.enqueue_trial(baseline_point(params, kind) if number == 0 and not trials else {})
     return study, missing
 
 

@@ -1,4 +1,5 @@
-"""Tuning workers: claim queued trials of the study, train each, report to Optuna (pruning) and MLflow."""
+"""Tuning workers: claim queued trials of the two studies (the plain student's, then HDKD's), train each,
+report to Optuna (pruning) and MLflow."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from optuna.trial import Trial, TrialState
 from hdkd.callbacks import Callback
 from hdkd.config import Params, with_section
 from hdkd.distributed import share_cores
+from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
 from hdkd.tracking import MlflowCallback, tracking_uri, use_store
-from hdkd.tune.space import suggest
+from hdkd.tune.space import TUNED_KINDS, space_for, suggest
 from hdkd.tune.storage import (
     HEARTBEAT_SECONDS,
     RETRY,
@@ -89,36 +91,39 @@ def _run_trial(
     storage: RDBStorage,
     trial_id: int,
     params: Params,
+    kind: str,
     layout: Layout,
     run: tuple[MlflowClient, str, str],
     worker: int,
 ) -> TrialState:
     client, experiment_id, parent_run_id = run
+    section = NETWORKS[kind].section
     study.get_trials(deepcopy=False)  # caches the claimed trial, as `study.ask()` would: a fixed parameter
     trial = Trial(study, trial_id)  # is stored without reading the study, and needs the trial known
     began = time.perf_counter()
-    values = suggest(trial, params.tune.space)
+    values = suggest(trial, space_for(params, kind))
     tags = {
         MLFLOW_PARENT_RUN_ID: parent_run_id,
         "stage": "tune",
+        "tune.kind": kind,
         "optuna.study": study.study_name,
         "optuna.trial": str(trial.number),
         "tune.worker": str(worker),
     }
-    run_id = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags=tags).info.run_id
-    mlflow.log_params({f"distill.{key}": value for key, value in values.items()}, run_id=run_id)
+    run_id = client.create_run(experiment_id, run_name=f"{kind}-trial-{trial.number}", tags=tags).info.run_id
+    mlflow.log_params({f"{section}.{key}": value for key, value in values.items()}, run_id=run_id)
     state, value, note = TrialState.FAIL, None, ""
     from hdkd.train import train  # torch and the data layer load only where trials run
 
     try:
         with _heartbeat(storage, trial_id), tempfile.TemporaryDirectory(prefix="hdkd-trial-") as out:
             result = train(
-                with_section(params, "distill", {**values, "epochs": params.tune.epochs}),
-                "distilled",
+                with_section(params, section, {**values, "epochs": params.tune.epochs}),
+                kind,
                 layout.balanced / "train.npz",
                 layout.split / "val.npz",
                 out,
-                layout.checkpoint("teacher"),
+                layout.checkpoint("teacher") if kind == "distilled" else None,
                 callbacks=[MlflowCallback(run_id), _ReportAndPrune(trial, params.tune.epochs)],
                 progress=False,
             )
@@ -142,14 +147,17 @@ def _run_trial(
     client.set_tag(run_id, "optuna.state", state.name)
     client.set_terminated(run_id, RUN_STATUS[state])
     shown = f" {OBJECTIVE} {value:.4f}" if value is not None else f" ({note})"
-    print(f"tune worker {worker}: trial {trial.number} {state.name}{shown} in {time.perf_counter() - began:.1f}s")
+    print(
+        f"tune worker {worker}: {kind} trial {trial.number} {state.name}{shown} in {time.perf_counter() - began:.1f}s"
+    )
     return state
 
 
 def run_worker(
     params: Params, worker: int, layout: Layout = REPO, parent_run_id: str | None = None, threads: int | None = None
 ) -> int:
-    """Claim and run queued trials of the study until none is left; returns how many it ran.
+    """Claim and run queued trials of both studies (the plain student's first) until none is left;
+    returns how many it ran.
 
     `worker` numbers the sampler seed (`seed + worker`): give every worker of a study its own.
     `threads` is set for one of several worker processes sharing a machine: its share of the
@@ -164,36 +172,44 @@ def run_worker(
     else:
         share_cores(params.data.num_workers)
     storage = open_storage(params.tune.storage)
-    name = study_name(params, layout)
+    deadline = None if params.tune.timeout is None else time.monotonic() + params.tune.timeout
+    done = 0
+    for kind in TUNED_KINDS:
+        study = load_study(params, kind, layout, storage, worker)
+        parent = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
+        if parent is None:
+            raise TuneError(f"study {study.study_name!r} has no MLflow tune run yet: start `hdkd tune` first")
+        use_store(tracking_uri(params))
+        client = MlflowClient()
+        run = (client, client.get_run(parent).info.experiment_id, parent)
+        study_id = storage.get_study_id_from_name(study.study_name)
+        while deadline is None or time.monotonic() < deadline:
+            fail_stale_trials(study)  # a dead worker's trial is re-queued and picked up here
+            trial_id = _claim(storage, study_id)
+            if trial_id is None:
+                break
+            _run_trial(study, storage, trial_id, params, kind, layout, run, worker)
+            done += 1
+    return done
+
+
+def load_study(
+    params: Params, kind: str, layout: Layout = REPO, storage: RDBStorage | None = None, worker: int = 0
+) -> optuna.Study:
+    """`kind`'s study as `hdkd tune` created it, with this worker's sampler and the pruner."""
+    name = study_name(params, kind, layout)
     try:
-        study = optuna.load_study(
+        return optuna.load_study(
             study_name=name,
-            storage=storage,
+            storage=storage or open_storage(params.tune.storage),
             sampler=make_sampler(params, worker),
             pruner=make_pruner(params.tune),
         )
     except KeyError:
         raise TuneError(
-            f"study {name!r} is not in {masked(params.tune.storage)}: start `hdkd tune` (it creates the study "
-            "and queues its trials) before joining workers, with the same teacher, data and params here"
+            f"study {name!r} is not in {masked(params.tune.storage)}: start `hdkd tune` (it creates the studies "
+            "and queues their trials) before joining workers, with the same teacher, data and params here"
         ) from None
-    parent_run_id = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
-    if parent_run_id is None:
-        raise TuneError(f"study {name!r} has no MLflow tune run yet: start `hdkd tune` first")
-    use_store(tracking_uri(params))
-    client = MlflowClient()
-    run = (client, client.get_run(parent_run_id).info.experiment_id, parent_run_id)
-    study_id = storage.get_study_id_from_name(name)
-    deadline = None if params.tune.timeout is None else time.monotonic() + params.tune.timeout
-    done = 0
-    while deadline is None or time.monotonic() < deadline:
-        fail_stale_trials(study)  # a dead worker's trial is re-queued and picked up here
-        trial_id = _claim(storage, study_id)
-        if trial_id is None:
-            break
-        _run_trial(study, storage, trial_id, params, layout, run, worker)
-        done += 1
-    return done
 
 
 def run_workers(
