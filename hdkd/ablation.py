@@ -70,15 +70,19 @@ class Experiment:
 
 
 def plan(configs: Sequence[str], seeds: int, first_seed: int, batch: str) -> list[Experiment]:
+    """The experiments in queue order: the baseline of every seed first (each trains the plain student of its
+    seed, which the seed's other experiments then take from DVC's run cache), then `mbconv` (it trains the
+    MBConv teacher, shared by its seeds), then the other configurations."""
     if unknown := [c for c in configs if c not in CONFIGS]:
         raise AblationError(f"unknown configuration(s) {unknown}: use some of {', '.join(CONFIGS)}")
     if seeds < 1:
         raise AblationError("--seeds must be at least 1")
-    wanted = list(dict.fromkeys([BASELINE, *configs]))  # the baseline's experiments give the plain students
+    wanted = list(dict.fromkeys([BASELINE, *configs]))
+    wanted.sort(key=lambda config: (config != BASELINE, config != "mbconv"))  # stable: the given order otherwise
     return [
         Experiment(config, seed, f"{batch}-{config}-s{seed}".replace("_", "-"))
-        for seed in range(first_seed, first_seed + seeds)
         for config in wanted
+        for seed in range(first_seed, first_seed + seeds)
     ]
 
 
@@ -102,9 +106,11 @@ def _absolute_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def _dvc(args: Sequence[str], root: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _dvc(
+    args: Sequence[str], root: Path, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
-    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False)
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=env)
     if check and result.returncode != 0:
         raise AblationError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
     return result
@@ -134,9 +140,16 @@ def queue(experiments: Sequence[Experiment], batch: str, tracking_uri: str, root
         _dvc(args, root)
 
 
-def run_queue(root: Path, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
-    """Start one DVC queue worker and wait until no task is queued or running; returns failed task lines."""
-    _dvc(["queue", "start", "--jobs", "1"], root)
+def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
+    """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
+    if jobs < 1:
+        raise AblationError("--jobs must be at least 1")
+    env = None
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # The workers' stages share the cores with the other jobs' (`share_cores` alone would give each
+        # the cores its own DataLoader workers leave free, as if it ran alone).
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
+    _dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
     shown = ""
     while True:
         status = _dvc(["queue", "status"], root).stdout
@@ -280,10 +293,15 @@ def ablate(
     configs: Sequence[str] = tuple(CONFIGS),
     seeds: int = 3,
     first_seed: int = 1,
+    jobs: int | None = None,
     layout: Layout = REPO,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Queue, run and summarise the ablation; writes `reports/ablation.md` and `reports/ablation.json`."""
+    """Queue, run and summarise the ablation; writes `reports/ablation.md` and `reports/ablation.json`.
+
+    `jobs` experiments run at once (default: one per core). A training stage takes one core when its
+    DataLoader workers take the others (`share_cores`), so on 2 cores two experiments at once keep both busy.
+    """
 
     from hdkd.tracking import setup_tracking, use_store
 
@@ -301,7 +319,7 @@ def ablate(
     _stage_lock_file(root, log)
     queue(experiments, batch, tracking_uri, root)
     log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
-    failed = run_queue(root, log)
+    failed = run_queue(root, jobs or len(os.sched_getaffinity(0)), log)
     if failed:
         log(f"ablation {batch}: {len(failed)} experiment(s) failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
     summary = summarize(collect(params, tracking_uri, batch), configs, params.seed)

@@ -118,6 +118,7 @@ def ablate(
         str, typer.Option(help="comma-separated: hdkd, logit_only, feature_only, hard, mbconv")
     ] = "hdkd,logit_only,feature_only,hard,mbconv",
     first_seed: Annotated[int, typer.Option(help="the first student seed")] = 1,
+    jobs: Annotated[int | None, typer.Option(help="experiments at once (default: one per core)")] = None,
     params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
 ) -> None:
     """Seeds x distillation settings as queued DVC experiments; writes reports/ablation.md with intervals."""
@@ -125,7 +126,7 @@ def ablate(
     from hdkd.config import load_params
 
     chosen = [name.strip() for name in configs.split(",") if name.strip()]
-    run_ablation(load_params(params), chosen, seeds, first_seed, log=console.print)
+    run_ablation(load_params(params), chosen, seeds, first_seed, jobs, log=console.print)
 
 
 @app.command()
