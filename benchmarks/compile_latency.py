@@ -16,6 +16,7 @@ import argparse
 import copy
 import functools
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -94,15 +95,18 @@ def main() -> None:
         reference = runners["eager"](inputs)
         diffs = {name: parity(reference, runner(inputs)) for name, runner in runners.items() if name != "eager"}
         results = {}
+        load_before = os.getloadavg()[0]  # other work on the machine moves every figure: report it
         for batch in batches:
             repeats = args.repeats if batch == 1 else args.repeats_large
             batch_input = np.ascontiguousarray(inputs[:batch])
             calls = {name: functools.partial(runner.run, batch_input) for name, runner in runners.items()}
             results[batch] = measure_latency(calls, repeats)
+        load = {"before": load_before, "after": os.getloadavg()[0], "cores": os.cpu_count()}
 
     flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
     threads = torch.get_num_threads()
     print(f"{label}, {size} px | {cpu_name()} ({' '.join(flags)}) | torch {torch.__version__}, {threads} threads")
+    print(f"1-min load average {load['before']:.2f} before timing, {load['after']:.2f} after ({load['cores']} cores)")
     header = f"{'backend':<14}{'build s':>9}{'max|diff|':>11}"
     for batch in batches:
         header += f"{f'b{batch} median':>13}{f'b{batch} p90':>10}{f'b{batch} speedup':>13}"
@@ -115,7 +119,8 @@ def main() -> None:
             line += f"{times['median_ms']:>13.2f}{times['p90_ms']:>10.2f}{speedup:>12.2f}x"
         print(line)
     if args.json:
-        print(json.dumps({"model": label, "cpu": cpu_name(), "build_s": build, "parity": diffs, "latency": results}))
+        summary = {"model": label, "cpu": cpu_name(), "build_s": build, "parity": diffs, "latency": results}
+        print(json.dumps({**summary, "load": load}))
 
 
 if __name__ == "__main__":

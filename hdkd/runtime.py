@@ -95,15 +95,19 @@ class OnnxRunner(Runner):
 
 
 def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """ONNX Runtime on the CPU with every graph optimisation (conv+BN folding, attention and GELU fusion)."""
+    """ONNX Runtime on the CPU with every graph optimisation (conv fusions, the blocked NCHWc layout for fp32
+    and NHWC for int8 convolutions, MatMul+bias+GELU fusion)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of ops: parallel mode only adds overhead
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-    # No busy-waiting between calls: spinning threads steal the cores from whatever runs next (measured:
-    # eager PyTorch interleaved with a spinning session ran 3-4x slower), at no cost to ORT's own latency.
+    # No busy-waiting. Paper preset, batch 1, 2-core AVX-512 EPYC: on an idle machine spinning (with
+    # session.force_spinning_stop, so the pool sleeps once a run ends) is ~10% faster (fp32 15.2 ms against
+    # 17.0, int8 12.2 against 13.95), but with other processes using about one of the two cores it is 1.8x
+    # slower (fp32 56 ms against 31, int8 43 against 23), and threads left spinning after a run steal the
+    # cores from whatever runs next. session.dynamic_block_base (2 or 4) did not help under load either.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:

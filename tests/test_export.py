@@ -63,6 +63,15 @@ def test_artifacts_keep_a_dynamic_batch_axis(compiled):
 
 
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="CUDA and torch-tensorrt are present here")
+def test_the_onnx_model_has_cbam_pooling_as_global_pools_and_no_batchnorm(compiled):
+    _, out, _ = compiled
+    ops = [node.op_type for node in onnx.load(str(out / FILES["onnx"])).graph.node]
+    # tiny preset: one MBCSA block per stage 2 and 3, each CBAM pooling once by mean and once by max over (H, W)
+    assert ops.count("GlobalAveragePool") == ops.count("GlobalMaxPool") == 2
+    assert ops.count("ReduceMean") == ops.count("ReduceMax") == 2  # spatial attention: over channels, kept
+    assert "BatchNormalization" not in ops
+
+
 def test_tensorrt_without_cuda_is_recorded_as_skipped_and_the_stage_succeeds(compiled):
     _, out, metrics = compiled
     assert metrics["tensorrt"]["status"] == "skipped"
