@@ -22,7 +22,7 @@ from hdkd.data.loading import (
     make_loader,
     train_transform,
 )
-from hdkd.data.synthetic import HAM_CLASSES, class_counts, generate
+from hdkd.data.synthetic import BLOB, DOT, HAM_CLASSES, RING, STREAK, class_counts, draw_lesions, generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,12 +103,42 @@ def test_synthetic_is_deterministic_and_ham_like():
     assert not np.array_equal(a.images[shared[0][0]], a.images[shared[0][1]])
 
 
-def test_synthetic_classes_differ_in_colour():
+def test_synthetic_structure_shapes_decide_the_class():
+    """A ring, a Y, a V, an X, lacunae, a network, a pale centre: one kind per class, V/Y/X alike but for
+    the number of arms meeting at their one vertex (same total length); nv and df alone have a network."""
+    cls = np.repeat(np.arange(len(HAM_CLASSES)), 200)
+    lesions = draw_lesions(cls, np.random.default_rng(0))
+    own = lesions["amp"] > 0.5  # another class's weaker copy stays below 0.35
+    for i, name in enumerate(HAM_CLASSES):
+        pick = cls == i
+        kinds = set(lesions["kind"][pick][own[pick]].tolist())
+        expected = {"akiec": {RING}, "vasc": {BLOB}, "nv": {DOT}, "df": set()}.get(name, {STREAK})
+        assert kinds == expected, name
+        assert (lesions["net"][pick] > 0.5).all() == (lesions["net"][pick] > 0.5).any() == (name in ("nv", "df"))
+        assert (lesions["pale"][pick] > 0.9).all() == (lesions["pale"][pick] > 0.9).any() == (name == "df")
+    for name, arms in (("bkl", 2), ("bcc", 3), ("mel", 4)):
+        pick = cls == HAM_CLASSES.index(name)
+        assert (own[pick].sum(1) == arms).all(), name
+        for key in ("rel", "ang"):  # the arms meet at one point
+            at = lesions[key][pick][:, :arms]
+            assert np.allclose(at, at[:, :1]), (name, key)
+        assert np.allclose(lesions["stretch"][pick][:, :arms] * arms, 4.0), name  # the same total arm length
+
+
+def test_synthetic_colour_and_size_are_drawn_alike_for_every_class():
+    cls = np.repeat(np.arange(len(HAM_CLASSES)), 300)
+    lesions = draw_lesions(cls, np.random.default_rng(0))
+    for i, name in enumerate(HAM_CLASSES):
+        pick = cls == i
+        assert len(np.unique(lesions["colour"][pick], axis=0)) == 5, name  # every class shows every colour
+        assert lesions["radius"][pick].min() >= 0.55 and lesions["radius"][pick].max() <= 0.85, name
+        assert abs(lesions["radius"][pick].mean() - 0.7) < 0.02, name
+    # No class is told by its mean pixel colour: vascular lesions are not redder than nevi on average.
     data = generate(700, 16, seed=0)
     labels = np.array(data.labels)
-    centre = data.images[:, 5:11, 5:11].reshape(700, -1, 3).mean(1)
+    centre = data.images[:, 4:12, 4:12].reshape(700, -1, 3).mean(1)
     red_minus_green = {c: float((centre[labels == c, 0] - centre[labels == c, 1]).mean()) for c in HAM_CLASSES}
-    assert red_minus_green["vasc"] > red_minus_green["nv"] + 15  # red lacunae vs brown nevus
+    assert abs(red_minus_green["vasc"] - red_minus_green["nv"]) < 15
 
 
 def test_stage_entry_prints_one_clear_error(tmp_path):
