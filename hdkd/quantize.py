@@ -7,9 +7,10 @@ conv-only 99.1% / 99.1%, conv + MatMul 99.0% / 99.0%, every op ORT can quantize 
 Percentile calibration, QOperator format and per-tensor weights did no better. Conv + MatMul is no faster
 at batch 1 either (13.9 ms against 13.95 ms), so the safer conv-only recipe stays.
 
-Speed (paper preset, 2-core AVX-512/VNNI EPYC, idle, this project's non-spinning session, batch 1):
-13.95 ms against 16.97 ms fp32 and 51.0 ms eager (3.65x). That comes from the fp32 graph the model is
-quantized from (`hdkd.compile.export_onnx`: CBAM pooling as global pools, BatchNorm folded): the same
+Speed (paper preset, 2-core AVX-512/VNNI EPYC, idle, this project's non-spinning session), from
+`benchmarks/compile_latency.py`: batch 1 14.1 ms against 16.7 ms fp32 and 25.8 ms eager (1.83x), batch 16
+263 ms against 303 ms fp32 and 1381 ms eager (5.3x). The batch-1 gain comes from the fp32 graph the model
+is quantized from (`hdkd.compile.export_onnx`: CBAM pooling as global pools, BatchNorm folded): the same
 recipe on the previous export ran 18.3 ms, slower than fp32. What is left is fp32 work between
 the int8 convolutions (GELU, CBAM, the transformer's MatMuls) and the quantize / dequantize / NHWC
 transpose nodes around each QLinearConv. An int8 model is accepted only if it agrees with fp32 on the
