@@ -10,10 +10,8 @@ parameters are validated by the typed config and written into params.yaml first,
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from hdkd.config import load_params, save_overrides
 from hdkd.kinds import KINDS
 from hdkd.layout import REPO
 from hdkd.report import run_markdown
+from hdkd.servers import tool_env
 
 # Stages that write to MLflow (a service that may blip) retry with back-off; the others fail fast.
 TRACKED_STAGES = {"train_teacher", "train_student", "tune", "distill", "evaluate", "compile", "register"}
@@ -40,20 +39,10 @@ def stage_names(dvc_file: Path = Path("dvc.yaml")) -> list[str]:
     return list(yaml.safe_load(dvc_file.read_text())["stages"])
 
 
-def _stage_env() -> dict[str, str]:
-    """This interpreter's bin folder first on PATH: `dvc` and the stages' `python` are the project's."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
-    }
-
-
 def run_dvc_stage(stage: str) -> None:
     logger = get_run_logger()
     tail: deque[str] = deque(maxlen=40)
-    env = _stage_env()
+    env = tool_env()
     with subprocess.Popen(
         [shutil.which("dvc", path=env["PATH"]) or "dvc", "repro", "--single-item", stage],
         stdout=subprocess.PIPE,

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from hdkd.config import Params
 from hdkd.errors import HDKDError
 from hdkd.files import atomic_path, write_json
 from hdkd.layout import REPO, Layout
+from hdkd.servers import tool_env
 from hdkd.stats import accuracy, macro_f1_over, paired_difference_ci
 
 # The configurations of the HDKD ablation, as params overrides on top of params.yaml's distill section.
@@ -106,11 +106,10 @@ def _absolute_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def _dvc(
-    args: Sequence[str], root: Path, check: bool = True, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or "dvc"
-    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=env)
+def _dvc(args: Sequence[str], root: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = tool_env(**env)  # DVC's queue workers start `dvc` and the stages `python` from PATH
+    dvc = shutil.which("dvc", path=environment["PATH"]) or "dvc"
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
     if check and result.returncode != 0:
         raise AblationError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
     return result
@@ -144,16 +143,18 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: f
     """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
     if jobs < 1:
         raise AblationError("--jobs must be at least 1")
-    env = None
+    env = {}
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # The workers' stages share the cores with the other jobs' (`share_cores` alone would give each
         # the cores its own DataLoader workers leave free, as if it ran alone).
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // jobs))}
-    _dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    _dvc(["queue", "start", "--jobs", str(jobs)], root, True, **env)
     shown = ""
+    idle_polls = 0
     while True:
         status = _dvc(["queue", "status"], root).stdout
-        tasks = [line for line in status.splitlines()[1:] if line.strip() and not line.startswith("Worker")]
+        lines = [line for line in status.splitlines()[1:] if line.strip()]
+        tasks = [line for line in lines if not line.startswith("Worker")]
         pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
         summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
         if summary != shown:
@@ -161,6 +162,14 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: f
             shown = summary
         if not pending:
             return [line for line in tasks if "Failed" in line]
+        # DVC's workers can die at start (e.g. unable to spawn `dvc`) and leave the queue waiting forever.
+        idle_polls = idle_polls + 1 if any("Worker status: 0 active" in line for line in lines) else 0
+        if idle_polls * poll_seconds >= 60:
+            logs = root / ".dvc" / "tmp" / "exps" / "celery"
+            raise AblationError(
+                f"DVC's queue workers stopped with {len(pending)} experiment(s) pending; see the worker logs in "
+                f"{logs} and `dvc queue status`, then `dvc queue start`"
+            )
         time.sleep(poll_seconds)
 
 

@@ -1,14 +1,28 @@
-"""Local servers started as child processes (Prefect in `make serve`, `mlflow models serve` in benchmarks and
-tests): wait until one answers, stop one with everything it started."""
+"""Local servers and tools started as child processes (Prefect in `make serve`, `mlflow models serve` in
+benchmarks and tests, DVC from flows and `hdkd ablate`): their environment, wait until one answers, stop one
+with everything it started."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """This interpreter's bin folder first on PATH, so `dvc`, the processes DVC spawns (its queue workers) and
+    the stages' `python` are the project's even when the caller ran `.venv/bin/hdkd` without activating."""
+    bin_dir = os.path.dirname(sys.executable)
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1"),
+        **extra,
+    }
 
 
 def wait_for(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:

@@ -189,9 +189,9 @@ def draw_lesions(cls: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndar
     out["net"] = out["net"] * contrast
     colour = np.where(rng.random(m) < _TYPICAL, _CLASS_COLOUR[cls], rng.integers(0, len(_PALETTE), m))
     # Lesion colour: light tan to dark brown, for every class; dark structures get a lighter lesion.
-    dark_ink = _PALETTE[colour] @ np.float32([0.3, 0.59, 0.11]) < 0.2
+    dark_ink = _PALETTE[colour] @ np.array([0.3, 0.59, 0.11], np.float32) < 0.2
     tone = (rng.random(m) * np.where(dark_ink, 0.45, 1.0))[:, None]
-    base = (1 - tone) * np.float32([0.74, 0.55, 0.46]) + tone * np.float32([0.42, 0.27, 0.2])
+    base = (1 - tone) * np.array([0.74, 0.55, 0.46], np.float32) + tone * np.array([0.42, 0.27, 0.2], np.float32)
     harmonics = rng.standard_normal((m, 4))
     lesions = {
         **out,
@@ -209,7 +209,7 @@ def draw_lesions(cls: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndar
             [rng.normal(0, 5, (m, 2, _WAVES, 2)), rng.uniform(0, 2 * np.pi, (m, 2, _WAVES, 1))], axis=-1
         ),
         "net_phase": rng.uniform(0, 2 * np.pi, (m, 2)),
-        "skin": np.float32([0.86, 0.68, 0.58]) + rng.normal(0, 0.05, (m, 3)),
+        "skin": np.array([0.86, 0.68, 0.58], np.float32) + rng.normal(0, 0.05, (m, 3)),
     }
     return {k: v if k == "kind" else v.astype(np.float32) for k, v in lesions.items()}
 
