@@ -106,8 +106,10 @@ def _absolute_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def _dvc(args: Sequence[str], root: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = tool_env(**env)  # DVC's queue workers start `dvc` and the stages `python` from PATH
+def _dvc(
+    args: Sequence[str], root: Path, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = tool_env(**(env or {}))  # DVC's queue workers start `dvc` and the stages `python` from PATH
     dvc = shutil.which("dvc", path=environment["PATH"]) or "dvc"
     result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
     if check and result.returncode != 0:
@@ -143,12 +145,12 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: f
     """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
     if jobs < 1:
         raise AblationError("--jobs must be at least 1")
-    env = {}
+    env: dict[str, str] = {}
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # The workers' stages share the cores with the other jobs' (`share_cores` alone would give each
         # the cores its own DataLoader workers leave free, as if it ran alone).
         env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
-    _dvc(["queue", "start", "--jobs", str(jobs)], root, True, **env)
+    _dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
     shown = ""
     idle_polls = 0
     while True:

@@ -240,8 +240,9 @@ def headline_metrics(reports: Mapping[str, Mapping[str, Any]], result: Mapping[s
 def treatment(params: Params) -> str:
     """How the two students were trained, so the reader can judge the comparison's fairness."""
     if params.tune.enabled:
-        shared = ", ".join(params.tune.shared_space())
-        extra = ", ".join(key for key in params.tune.space if key not in params.tune.shared_space())
+        shared_space = params.tune.shared_space()
+        shared = ", ".join(shared_space)
+        extra = ", ".join(key for key in params.tune.space if key not in shared_space)
         return (
             f"Both students were tuned alike: {params.tune.n_trials} Optuna trials each ({params.tune.epochs} epochs "
             f"per trial, validation macro-F1), searching the same optimiser keys ({shared}) over the same ranges"

@@ -181,7 +181,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
     With `distributed.nproc` > 1 the stage re-runs itself under torchrun; rank 0 alone tracks and writes.
     The run trains in `layout.unfinished(kind)`; a stage killed mid-run resumes from the `last.pt` there
     when rerun, if that checkpoint is an unfinished run of this same job; else it trains afresh. A finished
-    run moves its `best.pt` to `models/<kind>/` and leaves nothing else behind.
+    run copies its `best.pt` to `models/<kind>/` and leaves nothing else behind.
     """
     if params.distributed.nproc > 1 and not under_torchrun():
         relaunch_with_torchrun(NETWORKS[kind].stage, params.distributed.nproc)

@@ -41,9 +41,9 @@ from hdkd.tracking import flat_params, stage_run
 from hdkd.tune.report import best_overrides, plot_paths, summarize, write_disabled, write_plots
 from hdkd.tune.space import TUNED_KINDS, space_for
 from hdkd.tune.storage import TuneError, masked, prepare_study, study_name
-from hdkd.tune.worker import OBJECTIVE, PARENT_RUN_ATTR, load_study, run_worker, run_workers, wait_for_other_workers
+from hdkd.tune.worker import OBJECTIVE, PARENT_RUN_ATTR, run_worker, run_workers, wait_for_other_workers
 
-__all__ = ["TUNED_KINDS", "TuneError", "load_study", "run_worker", "run_workers", "study_name", "tune_stage"]
+__all__ = ["TUNED_KINDS", "TuneError", "run_worker", "run_workers", "study_name", "tune_stage"]
 
 
 def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None) -> dict[str, Any]:

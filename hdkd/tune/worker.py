@@ -173,14 +173,14 @@ def run_worker(
         share_cores(params.data.num_workers)
     storage = open_storage(params.tune.storage)
     deadline = None if params.tune.timeout is None else time.monotonic() + params.tune.timeout
+    use_store(tracking_uri(params))
+    client = MlflowClient()
     done = 0
     for kind in TUNED_KINDS:
         study = load_study(params, kind, layout, storage, worker)
         parent = parent_run_id or study.user_attrs.get(PARENT_RUN_ATTR)
         if parent is None:
             raise TuneError(f"study {study.study_name!r} has no MLflow tune run yet: start `hdkd tune` first")
-        use_store(tracking_uri(params))
-        client = MlflowClient()
         run = (client, client.get_run(parent).info.experiment_id, parent)
         study_id = storage.get_study_id_from_name(study.study_name)
         while deadline is None or time.monotonic() < deadline:
