@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(BIN)/python -m pytest
 
-# The quick loop: everything but the end-to-end and real-server tests (marked `slow`).
+# The quick loop: everything but the end-to-end tests and the tests that start a server (marked `slow`).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
@@ -41,6 +41,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache

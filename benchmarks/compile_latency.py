@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdkd.compile import export_aoti, export_onnx, export_program, parity
+from hdkd.deploy.compile import parity
+from hdkd.deploy.export import export_aoti, export_onnx, export_program
+from hdkd.deploy.quantize import quantize_int8
+from hdkd.deploy.runtime import OnnxRunner, Runner, TorchRunner
+from hdkd.evaluation.timing import cpu_name, measure_latency
 from hdkd.models import PRESETS, build_model
-from hdkd.quantize import quantize_int8
-from hdkd.runtime import OnnxRunner, Runner, TorchRunner
-from hdkd.timing import cpu_name, measure_latency
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     if args.checkpoint:
-        from hdkd.checkpoint import load_trained
+        from hdkd.training.checkpoint import load_trained
 
         model, meta = load_trained(args.checkpoint)
         label, size = f"{meta['kind']} {meta['preset']} ({args.checkpoint})", int(meta["img_size"])
@@ -83,7 +84,7 @@ def main() -> None:
             build["aoti"] = time.perf_counter() - began
 
         if args.tensorrt:
-            from hdkd.tensorrt import compile_tensorrt, load_engine
+            from hdkd.deploy.tensorrt_engines import compile_tensorrt, load_engine
 
             began = time.perf_counter()
             for name, path in compile_tensorrt(model, Path(tmp), size, args.max_batch).items():

@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 
 from hdkd.config import DistillParams
-from hdkd.distributed import init_world
-from hdkd.engine import Trainer
 from hdkd.models import PRESETS, build_model
+from hdkd.training.distributed import init_world
+from hdkd.training.loop import Trainer
 
 
 def _worker(args: argparse.Namespace) -> None:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 
 from hdkd.config import DistillParams, TrainParams
-from hdkd.engine import Trainer
 from hdkd.models import PRESETS, build_model
+from hdkd.training.loop import Trainer
 
 
 def _timed(fn: Callable[[], object]) -> float:

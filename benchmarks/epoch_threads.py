@@ -1,7 +1,7 @@
 """Training epoch time by torch threads and DataLoader workers: the CPU split that `train` uses.
 
 Each configuration trains the teacher for two epochs in a fresh process (thread settings only
-take effect at process start) on the same toy data through the real `hdkd.train.train`; the
+take effect at process start) on the same toy data through the real `hdkd.training.train.train`; the
 second epoch is timed. Configurations run interleaved, `--rounds` times; the table shows
 medians and each configuration against the default split (`auto`: cores minus loader workers).
 
@@ -27,8 +27,8 @@ def child(args: argparse.Namespace) -> None:
 
     from hdkd.config import params_from_dict
     from hdkd.data.arrays import save_split
-    from hdkd.distributed import share_cores
-    from hdkd.train import train
+    from hdkd.training.distributed import share_cores
+    from hdkd.training.train import train
 
     folder = Path(args.dir)
     classes = [str(c) for c in range(7)]

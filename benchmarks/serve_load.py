@@ -45,7 +45,7 @@ CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
 def cpu_description() -> str:
     """CPU model, cores and the vector extensions that decide ONNX Runtime's kernels."""
-    from hdkd.timing import cpu_name
+    from hdkd.evaluation.timing import cpu_name
 
     flags: set[str] = set()
     cpuinfo = Path("/proc/cpuinfo")
@@ -69,8 +69,8 @@ def build_student(preset: str, folder: Path) -> tuple[Path, int]:
     """A random-weight distilled student of `preset` (latency does not depend on the weights) and its size."""
     import torch
 
-    from hdkd.checkpoint import save_checkpoint
     from hdkd.models import PRESETS, build_model
+    from hdkd.training.checkpoint import save_checkpoint
 
     size = PRESETS[preset].img_size
     torch.manual_seed(0)
@@ -82,10 +82,10 @@ def build_student(preset: str, folder: Path) -> tuple[Path, int]:
 
 def compile_onnx(checkpoint: Path, folder: Path) -> Path:
     """ONNX only, parity-checked on a few random images, as the compile stage does it."""
-    from hdkd.checkpoint import load_trained
-    from hdkd.compile import compile_student
     from hdkd.config import CompileParams
     from hdkd.data.arrays import save_split
+    from hdkd.deploy.compile import compile_student
+    from hdkd.training.checkpoint import load_trained
 
     _, meta = load_trained(checkpoint)
     size, classes = int(meta["img_size"]), list(meta["classes"])
@@ -102,7 +102,7 @@ def log_model(checkpoint: Path, compiled: Path, folder: Path) -> str:
     """The student pyfunc in a local sqlite store under `folder`; returns the tracking URI."""
     import mlflow
 
-    from hdkd.serving import log_student_pyfunc
+    from hdkd.deploy.pyfunc import log_student_pyfunc
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     os.chdir(folder)  # artifacts land in ./mlruns of the directory the experiment is created in
@@ -237,7 +237,7 @@ def main() -> None:
     if not 1 <= args.requests <= 5000 or max(levels) > 32 or args.rounds < 1:
         parser.error("keep it bounded: 1..5000 requests, concurrency <= 32, rounds >= 1")
 
-    from hdkd.predict import ModelFiles, Predictor, decode_image
+    from hdkd.deploy.predict import ModelFiles, Predictor, decode_image
 
     print(f"CPU: {cpu_description()}", flush=True)
     load_before = os.getloadavg()[0]

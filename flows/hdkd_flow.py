@@ -21,9 +21,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from hdkd.config import load_params, save_overrides
+from hdkd.evaluation.report import run_markdown
 from hdkd.kinds import KINDS
 from hdkd.layout import REPO
-from hdkd.report import run_markdown
 from hdkd.servers import tool_env
 
 # Stages that write to MLflow (a service that may blip) retry with back-off; the others fail fast.
@@ -78,7 +78,7 @@ def _logged_runs() -> dict[str, str]:
 
 
 def _ablation(seeds: int, configs: list[str] | None) -> list[str]:
-    from hdkd.ablation import CONFIGS, ablate, markdown
+    from hdkd.evaluation.ablation import CONFIGS, ablate, markdown
 
     summary = ablate(load_params(), configs or list(CONFIGS), seeds, log=get_run_logger().info)
     create_markdown_artifact(key="hdkd-ablation", markdown=markdown(summary), description="HDKD ablation")

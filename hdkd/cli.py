@@ -73,8 +73,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from out/last.pt")] = False,
 ) -> None:
     """Train one network on prepared splits (see `python -m pipelines.split`), outside DVC."""
-    from hdkd.distributed import share_cores
-    from hdkd.train import train as train_model
+    from hdkd.training.distributed import share_cores
+    from hdkd.training.train import train as train_model
 
     loaded = _load_params(params, set_)
     share_cores(loaded.data.num_workers)
@@ -122,8 +122,8 @@ def ablate(
     params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
 ) -> None:
     """Seeds x distillation settings as queued DVC experiments; writes reports/ablation.md with intervals."""
-    from hdkd.ablation import ablate as run_ablation
     from hdkd.config import load_params
+    from hdkd.evaluation.ablation import ablate as run_ablation
 
     chosen = [name.strip() for name in configs.split(",") if name.strip()]
     run_ablation(load_params(params), chosen, seeds, first_seed, jobs, log=console.print)
@@ -138,7 +138,7 @@ def promote(
 ) -> None:
     """Give VERSION of NAME the alias `champion`, after showing it against the current champion."""
     from hdkd.config import load_params
-    from hdkd.promote import promote as promote_version
+    from hdkd.registry.promote import promote as promote_version
 
     result = promote_version(load_params(params), name, version, force)
     table = Table(title=f"{name}: version {version} (challenger) against the champion", box=None)
@@ -155,7 +155,16 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
     import json
 
-    from hdkd.report import ReportError, comparison, markdown_table, model_reports, rich_table, verdict
+    from hdkd.evaluation.report import (
+        ReportError,
+        comparison,
+        comparison_sentence,
+        markdown_table,
+        model_reports,
+        rich_table,
+    )
+    from hdkd.layout import Layout
+    from hdkd.tune.best import tuning_lines
 
     try:
         reports_by_model = model_reports(reports)
@@ -167,15 +176,9 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
             console.print(rich_table(reports_by_model, title))
         else:  # piped or logged: a Markdown table at full width, never cut to 80 columns
             typer.echo(f"{title}\n\n{markdown_table(reports_by_model)}\n")
-        typer.echo(verdict(comparison(reports)))
-    tuned = reports / "stages" / "tune.json"
-    if tuned.is_file() and (studies := json.loads(tuned.read_text())).get("enabled"):
-        for kind in ("student", "distilled"):
-            study = studies[kind]
-            console.print(
-                f"tune {kind}: best val macro-F1 {study['best_value']:.3f} (trial {study['best_trial']}) of "
-                f"{study['n_trials']} trials, {study['n_pruned']} pruned; trained with it (reports/tune/{kind}.json)"
-            )
+        typer.echo(comparison_sentence(comparison(reports)))
+    for line in tuning_lines(Layout(reports.parent)):
+        console.print(line)
     compiled = reports / "stages" / "compile.json"
     if compiled.is_file():
         built = json.loads(compiled.read_text())
@@ -217,7 +220,7 @@ def predict(
     import os
     import sys
 
-    from hdkd.predict import IMAGE_EXTENSIONS, Predictor, predict_files
+    from hdkd.deploy.predict import IMAGE_EXTENSIONS, Predictor, predict_files
 
     errors = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the terminal width
     # Check the inputs before loading a model: that takes seconds, a typo should not.
@@ -301,7 +304,10 @@ def tune(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tune.n_trials=20")] = None,
 ) -> None:
     """Optuna studies of both students alike: queue trials up to tune.n_trials each, run workers, report."""
-    from hdkd.tune import TUNED_KINDS, run_workers, study_name, tune_stage
+    from hdkd.tune.space import TUNED_KINDS
+    from hdkd.tune.stage import tune_stage
+    from hdkd.tune.storage import study_name
+    from hdkd.tune.worker import run_workers
 
     loaded = _load_params(params, set_)
     if not join:

@@ -40,7 +40,7 @@ class Layout:
         return self.reports / "stages" / f"{stage}.json"
 
     def tuned_params(self, kind: str) -> Path:
-        """The tune stage's best settings for a student, applied by its stage (`train.apply_best_params`)."""
+        """The tune stage's best settings for a student, applied by its stage (`hdkd.tune.best.apply_best_params`)."""
         return self.reports / "tune" / f"{kind}.json"
 
     def checkpoint(self, kind: str) -> Path:

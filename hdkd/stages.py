@@ -41,7 +41,8 @@ def _balance() -> Any:
 
 def _training(kind: str) -> Callable[[], Any]:
     def run() -> Any:
-        from hdkd.train import apply_best_params, train_stage
+        from hdkd.training.train import train_stage
+        from hdkd.tune.best import apply_best_params
 
         params = load_params()
         return train_stage(apply_best_params(params, kind) if kind != "teacher" else params, kind)
@@ -50,25 +51,25 @@ def _training(kind: str) -> Callable[[], Any]:
 
 
 def _tune() -> Any:
-    from hdkd.tune import tune_stage
+    from hdkd.tune.stage import tune_stage
 
     return tune_stage(load_params())
 
 
 def _evaluate() -> Any:
-    from hdkd.evaluate import evaluate_stage
+    from hdkd.evaluation.evaluate import evaluate_stage
 
     return evaluate_stage(load_params())
 
 
 def _compile() -> Any:
-    from hdkd.compile import compile_stage
+    from hdkd.deploy.compile import compile_stage
 
     return compile_stage(load_params())
 
 
 def _register() -> Any:
-    from hdkd.registry import register
+    from hdkd.registry.register import register
 
     return register(load_params())
 

@@ -1,4 +1,4 @@
-"""MLflow: one run per stage, per-epoch metrics, models logged with signature and input example."""
+"""MLflow: one run per stage, tagged with where it came from; the store that runs and registry share."""
 
 from __future__ import annotations
 
@@ -14,15 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from hdkd.callbacks import Callback, FitResult
 from hdkd.config import Params
 from hdkd.errors import HDKDError
 from hdkd.files import pid_alive, sha256_file
 
 if TYPE_CHECKING:
-    import numpy as np
-    from mlflow.models.model import ModelInfo
-    from torch import nn
+    pass
 
 
 NOTE = "mlflow.note.content"
@@ -144,52 +141,9 @@ def flat_params(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
     return flat
 
 
-class MlflowCallback(Callback):
-    """Per-epoch metrics into the active run (optionally prefixed, e.g. for nested trial runs)."""
-
-    def __init__(self, run_id: str | None = None):
-        self.run_id = run_id
-
-    def on_resume(self, history: list[dict[str, float]]) -> None:
-        # A resumed stage's run holds the whole learning curve, not only the epochs it trained.
-        for epoch, metrics in enumerate(history):
-            self.on_epoch_end(epoch, metrics)
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
-
-    def on_fit_end(self, result: FitResult) -> None:
-        # 1-based like the epochs in logs and DVC metrics; the best score under its own name, since
-        # `val_macro_f1` is a per-epoch series whose last value is the last epoch's.
-        mlflow.log_metrics(
-            {"best_epoch": result.best_epoch + 1, "best_val_macro_f1": result.best_score}, run_id=self.run_id
-        )
-
-
 def pip_requirements() -> list[str]:
     """Pinned from what is installed: MLflow's own inference takes 13-17 s per model."""
     import numpy as np
     import torch
 
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-
-
-def log_torch_model(model: nn.Module, example: np.ndarray, **tags: str) -> ModelInfo:
-    """Log an eval-mode model (MLflow's torch.export format) with its signature and input example.
-
-    `example` must hold 2 or more images so the exported batch axis stays dynamic.
-    """
-    import torch
-    from mlflow.models import infer_signature
-
-    model = model.eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-    return mlflow.pytorch.log_model(
-        model,
-        name="model",
-        signature=infer_signature(example, output),
-        input_example=example,
-        pip_requirements=pip_requirements(),
-        tags=tags or None,
-    )

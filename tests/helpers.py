@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from hdkd.checkpoint import save_checkpoint
-from hdkd.compile import compile_student
 from hdkd.config import CompileParams
 from hdkd.data.arrays import save_split
+from hdkd.deploy.compile import compile_student
 from hdkd.models import build_model
 from hdkd.servers import wait_for
+from hdkd.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 wait_http = wait_for  # one wait-for-HTTP, shared with `make serve` and the benchmarks

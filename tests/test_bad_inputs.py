@@ -13,14 +13,15 @@ checks three things:
 
 Covered elsewhere, not repeated here: ingest of a truncated JPEG, a zero-byte PNG and a text file named .png,
 an empty class folder, a missing data.path, a brain_tumor_mri tree without Testing, a HAM CSV without a column
-or with a row whose image is absent, a MedMNIST .npz missing some of its arrays (test_data_ingest; here: one
+or with a row whose image is absent, a MedMNIST .npz missing some of its arrays (data/test_ingest; here: one
 with other key names only, over a previous output); a params file with an unknown key or a wrong preset, a
-real source without data.path, a stage entry failing in one line (test_config, test_data_loading); a missing
-split cache (test_data_loading); state dicts with missing, extra or mis-shaped keys and resuming with other
-settings (test_engine); evaluating a checkpoint of another class count or kind (test_evaluate); an unknown
-backend or a folder with no model for `hdkd predict` (test_predict); an Optuna storage in a missing SQLite
-folder or on a closed PostgreSQL port, a bad search space (test_tune, at function level; the SQLite case is
-repeated here through `hdkd tune` to check that nothing is created).
+real source without data.path, a stage entry failing in one line (test_config, data/test_loading); a missing
+split cache (data/test_loading); state dicts with missing, extra or mis-shaped keys and resuming with other
+settings (training/test_loop); evaluating a checkpoint of another class count or kind
+(evaluation/test_evaluate); an unknown backend or a folder with no model for `hdkd predict`
+(deploy/test_predict); an Optuna storage in a missing SQLite folder or on a closed PostgreSQL port, a bad
+search space (tune/test_studies, at function level; the SQLite case is repeated here through `hdkd tune` to
+check that nothing is created).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import pytest
 import torch
 from PIL import Image
 
-from hdkd.checkpoint import CheckpointError, load_trained, save_checkpoint
 from hdkd.cli import main
 from hdkd.config import ConfigError, load_params, params_from_dict, save_overrides
 from hdkd.data import DataError
@@ -55,7 +55,8 @@ from hdkd.errors import HDKDError
 from hdkd.layout import Layout
 from hdkd.models import build_model
 from hdkd.tracking import TrackingError, use_store
-from hdkd.train import model_meta, train, train_stage
+from hdkd.training.checkpoint import CheckpointError, load_trained, save_checkpoint
+from hdkd.training.train import model_meta, train, train_stage
 from tests import data_layouts as layouts
 from tests.helpers import toy_images
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdkd.tensorrt import tensorrt_unavailable
+from hdkd.deploy.tensorrt_engines import tensorrt_unavailable
 from hdkd.tracking import use_store
 from tests.repo import run
 

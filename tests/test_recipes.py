@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from hdkd.cli import app
 from hdkd.config import ConfigError, load_params, params_from_dict
 from hdkd.recipes import dvc_flags, recipe_overrides
-from hdkd.train import train
+from hdkd.training.train import train
 from tests.helpers import REPO
 
 

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from hdkd.files import atomic_path, write_json
 from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
+from hdkd.tune.best import write_best
 from hdkd.tune.space import TUNED_KINDS, value_of
 from hdkd.tune.storage import TuneError
 from hdkd.tune.worker import OBJECTIVE
@@ -71,7 +72,7 @@ def best_overrides(study: optuna.Study, kind: str) -> dict[str, Any]:
     return {f"{section}.{key}": value_of(key, label) for key, label in study.best_trial.params.items()}
 
 
-def summarize(study: optuna.Study) -> dict[str, Any]:
+def summarize_study(study: optuna.Study) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
@@ -95,7 +96,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
 def write_disabled(layout: Layout) -> dict[str, Any]:
     summary = {"enabled": False}
     for kind in TUNED_KINDS:
-        write_json(layout.tuned_params(kind), summary)
+        write_best(layout, kind, summary)
         for name, path in plot_paths(layout, kind).items():
             _note(path, f"tune {kind}: {name}", "tuning disabled (tune.enabled: false): neither student is tuned")
     write_json(layout.stage_summary("tune"), summary)

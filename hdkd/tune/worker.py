@@ -20,12 +20,12 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import Trial, TrialState
 
-from hdkd.callbacks import Callback
 from hdkd.config import Params, with_section
-from hdkd.distributed import share_cores
 from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
-from hdkd.tracking import MlflowCallback, tracking_uri, use_store
+from hdkd.tracking import tracking_uri, use_store
+from hdkd.training.callbacks import Callback, MlflowCallback
+from hdkd.training.distributed import share_cores
 from hdkd.tune.space import TUNED_KINDS, space_for, suggest
 from hdkd.tune.storage import (
     HEARTBEAT_SECONDS,
@@ -113,7 +113,7 @@ def _run_trial(
     run_id = client.create_run(experiment_id, run_name=f"{kind}-trial-{trial.number}", tags=tags).info.run_id
     mlflow.log_params({f"{section}.{key}": value for key, value in values.items()}, run_id=run_id)
     state, value, note = TrialState.FAIL, None, ""
-    from hdkd.train import train  # torch and the data layer load only where trials run
+    from hdkd.training.train import train  # torch and the data layer load only where trials run
 
     try:
         with _heartbeat(storage, trial_id), tempfile.TemporaryDirectory(prefix="hdkd-trial-") as out:

@@ -1,0 +1,336 @@
+"""`hdkd ablate`: seeds x distillation settings as queued DVC experiments, and their table.
+
+Each (configuration, seed) is one `dvc exp run --queue evaluate -S ...` experiment, run by DVC's own queue
+(`dvc queue start`). The students get the seed (`student.seed`, `distill.seed`); the data and the teacher
+keep theirs and are brought up to date once, in the workspace, before the experiments start from it, so
+they are not retrained (except the MBConv teacher of the `mbconv` configuration, once). The plain student
+of a seed, the baseline of every comparison, is trained by that seed's first experiment; the others get
+it from DVC's run cache.
+
+The results come back through MLflow: each experiment's evaluate run is tagged `ablation.batch`,
+`ablation.config` and `ablation.seed`, and holds the per-image test predictions. For each configuration
+the report gives the mean and standard deviation over seeds of test accuracy and macro-F1, and the
+paired bootstrap interval of its macro-F1 difference to the plain student, pooled over seeds (an image is
+resampled with all its seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hdkd.config import Params
+from hdkd.errors import HDKDError
+from hdkd.evaluation.stats import Interval, accuracy, macro_f1_over, paired_difference_ci
+from hdkd.files import atomic_path, write_json
+from hdkd.layout import REPO, Layout
+from hdkd.servers import tool_env
+
+# The configurations of the HDKD ablation, as params overrides on top of params.yaml's distill section.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "hdkd": {},  # logits + features, as params.yaml says
+    "logit_only": {"distill.lambda_feat": 0.0},
+    "feature_only": {"distill.alpha": 0.0},  # the distillation head learns nothing: predicts with the class head
+    "hard": {"distill.kind": "hard"},
+    "mbconv": {"model.block": "mbconv"},  # teacher and students with MBConv (squeeze-excitation) blocks
+}
+LABELS = {
+    "plain": "Plain student (no KD)",
+    "hdkd": "HDKD (logits + features)",
+    "logit_only": "Logit distillation only (lambda_feat 0)",
+    "feature_only": "Feature distillation only (alpha 0)",
+    "hard": "HDKD, hard logit distillation",
+    "mbconv": "HDKD with MBConv blocks",
+}
+BASELINE = "hdkd"  # the plain student (MBCSA) of each seed comes from this configuration's experiment
+
+
+class AblationError(HDKDError, RuntimeError):
+    """The ablation could not be queued, run or collected."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    config: str
+    seed: int
+    name: str
+
+
+def plan(configs: Sequence[str], seeds: int, first_seed: int, batch: str) -> list[Experiment]:
+    """The experiments in queue order: the baseline of every seed first (each trains the plain student of its
+    seed, which the seed's other experiments then take from DVC's run cache), then `mbconv` (it trains the
+    MBConv teacher, shared by its seeds), then the other configurations."""
+    if unknown := [c for c in configs if c not in CONFIGS]:
+        raise AblationError(f"unknown configuration(s) {unknown}: use some of {', '.join(CONFIGS)}")
+    if seeds < 1:
+        raise AblationError("--seeds must be at least 1")
+    wanted = list(dict.fromkeys([BASELINE, *configs]))
+    wanted.sort(key=lambda config: (config != BASELINE, config != "mbconv"))  # stable: the given order otherwise
+    return [
+        Experiment(config, seed, f"{batch}-{config}-s{seed}".replace("_", "-"))
+        for config in wanted
+        for seed in range(first_seed, first_seed + seeds)
+    ]
+
+
+def overrides(experiment: Experiment, batch: str, tracking_uri: str) -> dict[str, Any]:
+    return {
+        **CONFIGS[experiment.config],
+        "student.seed": experiment.seed,
+        "distill.seed": experiment.seed,
+        "ablation.batch": batch,
+        "ablation.config": experiment.config,
+        # Queued experiments run in temporary copies of the repository: a relative sqlite path would
+        # give each its own store.
+        "mlflow.tracking_uri": tracking_uri,
+    }
+
+
+def _absolute_uri(uri: str, root: Path) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((root / uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+def _dvc(
+    args: Sequence[str], root: Path, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = tool_env(**(env or {}))  # DVC's queue workers start `dvc` and the stages `python` from PATH
+    dvc = shutil.which("dvc", path=environment["PATH"]) or "dvc"
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
+    if check and result.returncode != 0:
+        raise AblationError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+    return result
+
+
+def _flag(key: str, value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | bool) or value is None else str(value)
+    return f"{key}={text.lower() if isinstance(value, bool) else text}"
+
+
+def _stage_lock_file(root: Path, log: Callable[[str], None]) -> None:
+    """A queued experiment starts from git's view of the workspace: an untracked or changed dvc.lock would be
+    left behind and the experiment would retrain the teacher. Staging it (not committing) carries it along."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "dvc.lock"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if status.stdout.strip():
+        subprocess.run(["git", "add", "dvc.lock"], cwd=root, check=True)
+        log("ablation: staged dvc.lock in git (not committed), so the experiments start from the trained teacher")
+
+
+def queue(experiments: Sequence[Experiment], batch: str, tracking_uri: str, root: Path) -> None:
+    for experiment in experiments:
+        args = ["exp", "run", "--queue", "evaluate", "-n", experiment.name]
+        for key, value in overrides(experiment, batch, tracking_uri).items():
+            args += ["-S", _flag(key, value)]
+        _dvc(args, root)
+
+
+def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
+    """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
+    if jobs < 1:
+        raise AblationError("--jobs must be at least 1")
+    env: dict[str, str] = {}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # The workers' stages share the cores with the other jobs' (`share_cores` alone would give each
+        # the cores its own DataLoader workers leave free, as if it ran alone).
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    _dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
+    shown = ""
+    idle_polls = 0
+    while True:
+        status = _dvc(["queue", "status"], root).stdout
+        lines = [line for line in status.splitlines()[1:] if line.strip()]
+        tasks = [line for line in lines if not line.startswith("Worker")]
+        pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
+        summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
+        if summary != shown:
+            log(summary)
+            shown = summary
+        if not pending:
+            return [line for line in tasks if "Failed" in line]
+        # DVC's workers can die at start (e.g. unable to spawn `dvc`) and leave the queue waiting forever.
+        idle_polls = idle_polls + 1 if any("Worker status: 0 active" in line for line in lines) else 0
+        if idle_polls * poll_seconds >= 60:
+            logs = root / ".dvc" / "tmp" / "exps" / "celery"
+            raise AblationError(
+                f"DVC's queue workers stopped with {len(pending)} experiment(s) pending; see the worker logs in "
+                f"{logs} and `dvc queue status`, then `dvc queue start`"
+            )
+        time.sleep(poll_seconds)
+
+
+def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    path = client.download_artifacts(run_id, f"reports/plots/confusion/{kind}.csv")
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    return np.array([row["actual"] for row in rows]), np.array([row["predicted"] for row in rows])
+
+
+def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+    """Per (config, seed): the test labels and the plain and distilled students' predictions (as class names)."""
+    from mlflow import MlflowClient
+
+    from hdkd.tracking import use_store
+
+    use_store(tracking_uri)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per downloaded CSV otherwise
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(params.mlflow.experiment)
+    if experiment is None:
+        raise AblationError(f"no MLflow experiment {params.mlflow.experiment!r} in {tracking_uri}")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`ablation.batch` = '{batch}' and tags.stage = 'evaluate'",
+    )
+    found: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    for run in runs:
+        key = (run.data.tags["ablation.config"], int(run.data.tags["ablation.seed"]))
+        labels, student = _predictions(client, run.info.run_id, "student")
+        _, distilled = _predictions(client, run.info.run_id, "distilled")
+        found[key] = {"labels": labels, "student": student, "distilled": distilled}
+    return found
+
+
+def summarize(
+    results: Mapping[tuple[str, int], Mapping[str, np.ndarray]], configs: Sequence[str], seed: int
+) -> dict[str, Any]:
+    """Mean and std over seeds per configuration, and the pooled paired interval against the plain student."""
+    seeds = sorted({s for c, s in results if c == BASELINE})
+    if not seeds:
+        raise AblationError(f"no finished {BASELINE!r} experiment: the plain-student baseline is missing")
+    labels = results[(BASELINE, seeds[0])]["labels"]
+    classes = sorted(set(labels))
+    index = {name: i for i, name in enumerate(classes)}
+
+    def encode(values: np.ndarray) -> np.ndarray:
+        return np.array([index.get(v, -1) for v in values])
+
+    y = encode(labels)
+    f1 = macro_f1_over(len(classes))
+    plain = np.stack([encode(results[(BASELINE, s)]["student"]) for s in seeds], axis=1)
+    rows: dict[str, Any] = {"plain": _row("plain", y, plain, None, f1, seed)}
+    for config in dict.fromkeys([BASELINE, *configs]):
+        done = [s for s in seeds if (config, s) in results]
+        if not done:
+            rows[config] = {"label": LABELS[config], "seeds": 0}
+            continue
+        for s in done:
+            if not np.array_equal(results[(config, s)]["labels"], labels):
+                raise AblationError(f"{config} seed {s}: another test split than the baseline's; rerun the ablation")
+        distilled = np.stack([encode(results[(config, s)]["distilled"]) for s in done], axis=1)
+        baseline = np.stack([encode(results[(BASELINE, s)]["student"]) for s in done], axis=1)
+        rows[config] = _row(config, y, distilled, baseline, f1, seed)
+    return {"test_images": len(y), "seeds": seeds, "classes": classes, "rows": rows}
+
+
+def _row(
+    config: str, y: np.ndarray, predicted: np.ndarray, baseline: np.ndarray | None, f1: Any, seed: int
+) -> dict[str, Any]:
+    per_seed_f1 = [f1(y, predicted[:, i]) for i in range(predicted.shape[1])]
+    per_seed_acc = [accuracy(y, predicted[:, i]) for i in range(predicted.shape[1])]
+    row: dict[str, Any] = {
+        "label": LABELS[config],
+        "seeds": predicted.shape[1],
+        "macro_f1_mean": float(np.mean(per_seed_f1)),
+        "macro_f1_std": float(np.std(per_seed_f1, ddof=1)) if len(per_seed_f1) > 1 else 0.0,
+        "accuracy_mean": float(np.mean(per_seed_acc)),
+        "accuracy_std": float(np.std(per_seed_acc, ddof=1)) if len(per_seed_acc) > 1 else 0.0,
+        "macro_f1_per_seed": per_seed_f1,
+    }
+    if baseline is not None:
+        row["vs_plain_macro_f1"] = paired_difference_ci(y, predicted, baseline, f1, seed).as_dict()
+    return row
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    table = []
+    for row in summary["rows"].values():
+        if not row["seeds"]:
+            table.append({"Configuration": row["label"], "Seeds": 0})
+            continue
+        diff = row.get("vs_plain_macro_f1")
+        verdict = "baseline" if diff is None else Interval.from_dict(diff).verdict()
+        table.append(
+            {
+                "Configuration": row["label"],
+                "Seeds": row["seeds"],
+                "Macro-F1 mean ± std": f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_std']:.3f}",
+                "Accuracy mean ± std": f"{row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}",
+                "Δ macro-F1 vs plain [95% CI]": ""
+                if diff is None
+                else (f"{diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"),
+                "Verdict": verdict,
+            }
+        )
+    return "\n".join(
+        [
+            "# HDKD ablation",
+            "",
+            f"{summary['test_images']} test images, seeds {summary['seeds']}. Each configuration is compared with "
+            "the plain student of the same seed; the interval is a paired bootstrap of the macro-F1 difference, "
+            "pooled over seeds (test images resampled with all their seeds, 1000 resamples). A verdict is "
+            "'better' or 'worse' only when the interval excludes zero.",
+            "",
+            pd.DataFrame(table).fillna("").to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    )
+
+
+def ablate(
+    params: Params,
+    configs: Sequence[str] = tuple(CONFIGS),
+    seeds: int = 3,
+    first_seed: int = 1,
+    jobs: int | None = None,
+    layout: Layout = REPO,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Queue, run and summarise the ablation; writes `reports/ablation.md` and `reports/ablation.json`.
+
+    `jobs` experiments run at once (default: one per core). A training stage takes one core when its
+    DataLoader workers take the others (`share_cores`), so on 2 cores two experiments at once keep both busy.
+    """
+
+    from hdkd.tracking import setup_tracking, use_store
+
+    root = layout.root.resolve()
+    batch = f"abl-{uuid.uuid4().hex[:6]}"
+    tracking_uri = _absolute_uri(setup_tracking(params), root)  # creates the experiment here, not in a temp copy
+    # MLflow exports the URI to MLFLOW_TRACKING_URI, which the queue's workers inherit and which wins over
+    # params: make it the absolute one.
+    use_store(tracking_uri)
+    experiments = plan(configs, seeds, first_seed, batch)
+    began = time.perf_counter()
+    # The teacher and the data first, here: the experiments then start from them.
+    log("ablation: data and teacher (dvc repro train_teacher; nothing runs when they are up to date)")
+    _dvc(["repro", "train_teacher"], root)
+    _stage_lock_file(root, log)
+    queue(experiments, batch, tracking_uri, root)
+    log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
+    failed = run_queue(root, jobs or len(os.sched_getaffinity(0)), log)
+    if failed:
+        log(f"ablation {batch}: {len(failed)} experiment(s) failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
+    summary = summarize(collect(params, tracking_uri, batch), configs, params.seed)
+    summary |= {"batch": batch, "wall_seconds": round(time.perf_counter() - began, 1), "failed": failed}
+    write_json(layout.reports / "ablation.json", summary)
+    with atomic_path(layout.reports / "ablation.md") as tmp:
+        tmp.write_text(markdown(summary))
+    log(markdown(summary))
+    log(f"ablation {batch}: {summary['wall_seconds']:.0f} s; reports/ablation.md, `dvc exp show` lists the runs")
+    return summary

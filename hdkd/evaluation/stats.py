@@ -1,0 +1,149 @@
+"""Confidence intervals and tests for comparing networks on one test split.
+
+Every comparison of two networks in this project carries a 95% interval and its verdict follows the
+interval: with a hundred test images a few predictions move macro-F1 by several points, so a bare
+difference says nothing. The resampling is scipy's (`scipy.stats.bootstrap`, percentile method,
+seeded); McNemar's exact test is statsmodels'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score
+from statsmodels.stats.contingency_tables import mcnemar as _mcnemar
+
+CONFIDENCE = 0.95
+RESAMPLES = 1000
+SEED = 0
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+Verdict = Literal["better", "worse", "cannot tell"]
+
+
+def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    return float(accuracy_score(labels, predicted))
+
+
+def macro_f1_over(num_classes: int) -> Metric:
+    """Macro-F1 over all `num_classes` classes, so that a resample missing a class still scores it (as 0)."""
+    classes = list(range(num_classes))
+
+    def macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+        return float(f1_score(labels, predicted, labels=classes, average="macro", zero_division=0))
+
+    return macro_f1
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate on the test split and its bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = CONFIDENCE
+    resamples: int = RESAMPLES
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, float]) -> Interval:
+        """Back from `as_dict()` (a metrics JSON, an MLflow tag)."""
+        return cls(stored["value"], stored["low"], stored["high"], stored["confidence"], int(stored["resamples"]))
+
+    def verdict(self) -> Verdict:
+        """The one rule for a difference a - b: "better" or "worse" only when the interval excludes zero."""
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return "cannot tell"
+
+    def as_dict(self) -> dict[str, float]:
+        return {key: float(value) for key, value in asdict(self).items()}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def _interval(data: tuple[np.ndarray, ...], statistic: Callable[..., float], seed: int, resamples: int) -> Interval:
+    value = statistic(*data)
+    images = len(data[0])
+    if images < 2:
+        return Interval(value, value, value, resamples=0)
+
+    def on_images(index: np.ndarray) -> float:
+        # Test images are resampled with everything that belongs to them: label, predictions, all runs.
+        return statistic(*(array[index] for array in data))
+
+    result = stats.bootstrap(
+        (np.arange(images),),
+        on_images,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    # Every resample equal (a perfect or constant model): the interval is the point.
+    low, high = (value, value) if np.isnan(low) else (float(low), float(high))
+    return Interval(value, low, high, resamples=resamples)
+
+
+def bootstrap_ci(
+    labels: np.ndarray, predicted: np.ndarray, metric: Metric, seed: int = SEED, resamples: int = RESAMPLES
+) -> Interval:
+    """95% percentile-bootstrap interval of `metric(labels, predicted)` over resampled test images."""
+    return _interval((np.asarray(labels), np.asarray(predicted)), metric, seed, resamples)
+
+
+def paired_difference_ci(
+    labels: np.ndarray,
+    predicted_a: np.ndarray,
+    predicted_b: np.ndarray,
+    metric: Metric,
+    seed: int = SEED,
+    resamples: int = RESAMPLES,
+) -> Interval:
+    """95% paired-bootstrap interval of `metric(a) - metric(b)`: both networks scored on the same resampled images.
+
+    Predictions of shape `(images, runs)` pool several runs (seeds) on the same test images: an image is
+    resampled with all its runs, so repeated runs do not pass for more test images.
+    """
+
+    def difference(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        if a.ndim == 2:
+            y, a, b = np.repeat(y, a.shape[1]), a.ravel(), b.ravel()
+        return metric(y, a) - metric(y, b)
+
+    data = (np.asarray(labels), np.asarray(predicted_a), np.asarray(predicted_b))
+    return _interval(data, difference, seed, resamples)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test on correctness: `only_a` images only network a gets right, `only_b` only b."""
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"only_a_correct": self.only_a, "only_b_correct": self.only_b, "p_value": self.p_value}
+
+
+def mcnemar(labels: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray) -> McNemar:
+    labels = np.asarray(labels)
+    right_a, right_b = np.asarray(predicted_a) == labels, np.asarray(predicted_b) == labels
+    table = np.array(
+        [
+            [np.sum(right_a & right_b), np.sum(right_a & ~right_b)],
+            [np.sum(~right_a & right_b), np.sum(~right_a & ~right_b)],
+        ]
+    )
+    result = _mcnemar(table, exact=True)
+    return McNemar(int(table[0, 1]), int(table[1, 0]), float(result.pvalue))

@@ -1,0 +1,1 @@
+"""The MLflow model registry: the register stage and `hdkd promote`."""

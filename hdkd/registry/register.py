@@ -1,0 +1,165 @@
+"""MLflow model registry: register trained networks, alias new versions, promote a champion.
+
+Every new version gets the alias `challenger`; `champion` is given automatically only to the
+first version of a model. After that a person promotes, in the MLflow UI (set the alias
+`champion` on a version) or with `hdkd promote NAME VERSION`. Compile, predict and serve load
+`models:/<name>@champion`.
+
+`hdkd-student` is registered as the serving pyfunc (image bytes or arrays in, class and
+probabilities out) logged into the distill run, with the compiled artifacts of models/compiled
+uploaded to that run and described in tags on the version. The teacher and the baseline are
+registered as the PyTorch models their training runs logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from hdkd.config import Params
+from hdkd.data.arrays import load_split
+from hdkd.deploy.artifacts import ARTIFACT_INDEX
+from hdkd.deploy.pyfunc import log_compiled_artifacts, log_student_pyfunc
+from hdkd.evaluation.report import ReportError, comparison, comparison_sentence, model_reports
+from hdkd.files import sha256_file, write_json
+from hdkd.kinds import NETWORKS, label
+from hdkd.layout import REPO, Layout
+from hdkd.registry.promote import CHALLENGER, CHAMPION, champion_of
+from hdkd.tracking import setup_tracking
+
+
+def has_alias(client: MlflowClient, name: str, alias: str) -> bool:
+    try:
+        client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return False
+    return True
+
+
+def register_version(client: MlflowClient, name: str, model_uri: str, tags: dict[str, str]) -> dict[str, Any]:
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    if not has_alias(client, name, CHAMPION):
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+    aliases = client.get_model_version(name, version.version).aliases
+    return {"version": int(version.version), "aliases": sorted(aliases), "source": model_uri}
+
+
+def compiled_dir(layout: Layout) -> Path | None:
+    """models/compiled when the compile stage built it (it is optional for registering)."""
+    folder = layout.models / "compiled"
+    return folder if (folder / ARTIFACT_INDEX).is_file() else None
+
+
+def log_serving_model(run_id: str, layout: Layout) -> str:
+    """Log the HDKD student's serving pyfunc (with the compiled artifacts) into its training run."""
+    with mlflow.start_run(run_id=run_id):
+        info = log_student_pyfunc(layout.checkpoint("distilled"), compiled_dir(layout), name="serving")
+    return str(info.model_uri)
+
+
+def evaluation_tags(kind: str, reports_dir: Path) -> dict[str, str]:
+    """The test metrics with their 95% intervals, and for HDKD the verdict against the plain student:
+    shown on the version page of the MLflow UI, where a person decides what to promote."""
+    try:
+        report = model_reports(reports_dir).get(kind)
+    except ReportError:
+        return {}
+    if report is None:
+        return {}
+    tags = {
+        f"test_{key}": f"{ci['value']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]"
+        for key, ci in report["intervals"].items()
+    }
+    tags["test_images"] = str(report["test_images"])
+    result = comparison(reports_dir)
+    if kind == "distilled" and result:
+        diff = result["macro_f1_difference"]
+        tags["vs_plain_student_macro_f1_diff"] = f"{diff['value']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"
+        tags["vs_plain_student_mcnemar_p"] = f"{result['mcnemar']['p_value']:.3g}"
+        tags["verdict"] = comparison_sentence(result)
+    return tags
+
+
+MODEL_DESCRIPTIONS = {
+    "teacher": "The HDKD teacher: a CNN (stem + MBCSA stages) distilled into hdkd-student.",
+    "student": "The plain student: the hybrid CNN + DFLT network trained without distillation, HDKD's baseline.",
+    "distilled": (
+        "The HDKD student: the hybrid CNN + DFLT network distilled from hdkd-teacher through logits and stage "
+        "features. Registered as the serving pyfunc (image bytes in, class and probabilities out) with its "
+        "compiled artifacts. Promote a version by giving it the alias `champion` (pencil icon beside Aliases)."
+    ),
+}
+
+
+def params_digest(params: Params) -> str:
+    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def version_description(kind: str, tags: dict[str, str], champion: ModelVersion | None) -> str:
+    """One paragraph for the version page: what it is, what it learnt from, and against the champion."""
+    text = (
+        f"{label(kind)} ({tags['preset']} preset, {tags['block']} blocks) trained on data manifest "
+        f"{tags.get('data_manifest_sha256', 'unknown')[:12]} (params {tags['params_sha256']}), classes "
+        f"{', '.join(json.loads(tags['classes']))}. Validation macro-F1 {tags['val_macro_f1']}"
+    )
+    if "test_macro_f1" in tags:
+        text += f"; test macro-F1 {tags['test_macro_f1']} and accuracy {tags['test_accuracy']} (95% CI) on "
+        text += f"{tags['test_images']} test images"
+    text += "."
+    if champion is None:
+        return text + " There is no champion yet: this version becomes it."
+    if champion.tags.get("data_manifest_sha256") != tags.get("data_manifest_sha256"):
+        return (
+            text
+            + f" The champion (version {champion.version}) was evaluated on other data, so the two are not compared."
+        )
+    return text + (
+        f" On the same test split the champion (version {champion.version}) has test macro-F1 "
+        f"{champion.tags.get('test_macro_f1', 'unknown')}; promote this one only if its interval says it is better."
+    )
+
+
+def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
+    """Register the teacher, the HDKD student and the plain student from their training runs."""
+    setup_tracking(params)
+    client = MlflowClient()
+    registered: dict[str, Any] = {}
+    manifest = layout.split / "manifest.csv"
+    test_data = layout.split / "test.npz"
+    classes = list(load_split(test_data).classes) if test_data.is_file() else []
+    for kind, network in NETWORKS.items():
+        name = network.registered_name
+        logged = json.loads(layout.logged_model(kind).read_text())
+        model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
+        metrics = json.loads(layout.stage_summary(kind).read_text())
+        tags = {
+            "kind": kind,
+            "preset": params.model.preset,
+            "block": params.model.block,
+            "run_id": logged["run_id"],
+            "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
+            "classes": json.dumps(list(classes)),
+            "params_sha256": params_digest(params),
+            **({"data_manifest_sha256": sha256_file(manifest)} if manifest.is_file() else {}),
+            **evaluation_tags(kind, layout.reports),
+        }
+        champion = champion_of(client, name)
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            client.create_registered_model(name, description=MODEL_DESCRIPTIONS[kind])
+        registered[name] = register_version(client, name, model_uri, tags)
+        client.update_model_version(
+            name, str(registered[name]["version"]), description=version_description(kind, tags, champion)
+        )
+        if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:
+            log_compiled_artifacts(compiled, logged["run_id"], name, registered[name]["version"])
+        print(f"registered {name} version {registered[name]['version']} ({', '.join(registered[name]['aliases'])})")
+    write_json(layout.reports / "registry.json", registered)
+    return registered

@@ -1,0 +1,66 @@
+"""`hdkd ablate` end to end: queued DVC experiments, MLflow runs tagged by configuration, the report."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from hdkd.evaluation.ablation import AblationError, plan
+from hdkd.tracking import use_store
+from tests import data_layouts as layouts
+from tests.repo import make_repo, run
+
+
+def test_plan_always_includes_the_baseline_and_names_experiments_uniquely():
+    experiments = plan(["logit_only", "mbconv"], seeds=2, first_seed=1, batch="abl-x")
+    # The baselines first (the other experiments of a seed take its plain student from the run cache),
+    # then mbconv (its teacher is shared by its seeds), then the rest.
+    order = [("hdkd", 1), ("hdkd", 2), ("mbconv", 1), ("mbconv", 2), ("logit_only", 1), ("logit_only", 2)]
+    assert [(e.config, e.seed) for e in experiments] == order
+    assert len({e.name for e in experiments}) == 6
+    with pytest.raises(AblationError, match="unknown configuration"):
+        plan(["nope"], 1, 1, "abl-x")
+
+
+@pytest.mark.slow
+def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path):
+    """Also the newcomer's journey: an image folder with arbitrary class names and the default balance,
+    validation and split settings go through every stage (the ablation to evaluate, then the rest)."""
+    classes = {"benign naevus": 30, "Melanoma_in_situ": 24, "other-lesion": 18}
+    images = layouts.imagefolder(tmp_path / "images", classes)
+    own_data = {"data": {"source": "imagefolder", "path": str(images)}, "tune": {"enabled": False}}
+    repo = make_repo(tmp_path / "repo", own_data)
+    configs = ["--configs", "hdkd,feature_only,hard", "--jobs", "2"]  # two DVC queue workers at once
+    result = run(["hdkd", "ablate", "--seeds", "1", *configs], repo, timeout=1500)
+    summary = json.loads((repo / "reports" / "ablation.json").read_text())
+    assert summary["failed"] == []
+    rows = summary["rows"]
+    assert set(rows) == {"plain", "hdkd", "feature_only", "hard"}
+    for name in ("hdkd", "feature_only", "hard"):
+        assert rows[name]["seeds"] == 1
+        diff = rows[name]["vs_plain_macro_f1"]
+        assert diff["low"] <= diff["value"] <= diff["high"]
+    table = (repo / "reports" / "ablation.md").read_text()
+    assert "Feature distillation only (alpha 0)" in table and "Δ macro-F1 vs plain [95% CI]" in table
+    assert "HDKD ablation" in result.stdout
+
+    shown = run(["dvc", "exp", "show", "--no-pager", "--md", "--keep", "ablation.config", "--drop", ".*"], repo)
+    assert "feature_only" in shown.stdout and "hdkd" in shown.stdout
+
+    use_store(f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("hdkd")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ablation.batch` = '{summary['batch']}'")
+    configs = {(r.data.tags["stage"], r.data.tags["ablation.config"]) for r in runs}
+    # The distilled student trained once per configuration; the teacher was trained before, not per experiment.
+    for config in ("hdkd", "feature_only", "hard"):
+        assert {("train_distilled", config), ("evaluate", config)} <= configs
+    assert not [r for r in runs if r.data.tags["stage"] == "train_teacher"]
+    # The first two ran at once, each training the plain student; the third started after one of them had
+    # finished, and took the plain student from DVC's run cache.
+    assert ("train_student", "hard") not in configs
+    assert summary["classes"] == sorted(classes)
+
+    run(["dvc", "repro"], repo)  # compile and register on the same own data
+    registry = json.loads((repo / "reports" / "registry.json").read_text())
+    assert set(registry) == {"hdkd-teacher", "hdkd-student", "hdkd-student-baseline"}
