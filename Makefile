@@ -5,17 +5,37 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands run `python` from PATH: the venv comes first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup test test-fast lint run serve gpu-check clean
+.PHONY: setup test test-fast lint run serve gpu-check clean postgres
 
 setup: $(VENV)/.installed
+
+VENV_PATH_HOOK := import os, sys; os.environ["PATH"] = os.pathsep.join(dict.fromkeys([os.path.join(sys.prefix, "bin"), *os.environ.get("PATH", "").split(os.pathsep)]))
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# The venv's own tools (.venv/bin/dvc, .venv/bin/mlflow, ...) put the venv first on PATH for what they start:
+	@# DVC's stages run `python` and `mlflow models serve` runs `uvicorn` from PATH, even without `activate`.
+	printf '%s\n' '$(VENV_PATH_HOOK)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/hdkd_venv_path.pth"
 	touch $@
 
-test: setup
+# The Optuna and team-server tests start a real PostgreSQL (initdb, pg_ctl): installed here where we may
+# (root on Debian), otherwise make stops before any test with the command that installs it.
+POSTGRES_BIN := $(firstword $(dir $(shell command -v initdb 2>/dev/null)) $(wildcard /usr/lib/postgresql/*/bin/))
+
+test: setup postgres
 	$(BIN)/python -m pytest
+
+postgres:
+ifeq ($(POSTGRES_BIN),)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make test: installing PostgreSQL's server (apt-get install postgresql) for the tests that start one"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+		echo "make test: the tests need PostgreSQL's server binaries (initdb, pg_ctl); install them first: sudo apt-get install postgresql (Debian/Ubuntu) or brew install postgresql (macOS)"; \
+		exit 1; \
+	fi
+endif
 
 # The quick loop: everything but the end-to-end tests and the tests that start a server (marked `slow`).
 test-fast: setup

@@ -1,4 +1,7 @@
-"""`hdkd` command line: model inventory and training outside the pipeline."""
+"""`hdkd` command line: model inventory and training outside the pipeline.
+
+Commands that use the project (params.yaml, reports/, the MLflow store) run from its root; elsewhere they
+stop with one line naming the root, and create nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from hdkd.errors import HDKDError
 
 if TYPE_CHECKING:
     from hdkd.config import Params
@@ -155,6 +160,11 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
     import json
 
+    from hdkd.layout import run_from_root_hint
+
+    if not reports.is_dir():
+        raise HDKDError(f"{reports}: no reports folder here; {run_from_root_hint()}, or pass --reports")
+
     from hdkd.evaluation.report import (
         ReportError,
         comparison,
@@ -197,10 +207,11 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     console.print(
         f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/stages/, {reports}/figures/, {reports}/gradcam/"
     )
-    console.print("compare runs: .venv/bin/dvc metrics show, .venv/bin/dvc plots show, .venv/bin/dvc exp show")
+    console.print("next, in a shell with the venv active (source .venv/bin/activate):")
+    console.print("  compare runs: dvc metrics show, dvc plots show, dvc exp show")
     console.print(
-        "MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db -h 127.0.0.1 -w 1, "
-        "then http://127.0.0.1:5000/#/experiments/1/runs"
+        "  MLflow UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db "
+        "-h 127.0.0.1 -p 5000 -w 1, then http://127.0.0.1:5000/#/experiments/1/runs"
     )
 
 
@@ -230,10 +241,12 @@ def predict(
         raise typer.Exit(1)
     if model.startswith("models:/"):
         from hdkd.config import Params, load_params
-        from hdkd.tracking import tracking_uri, use_store
+        from hdkd.tracking import require_store, tracking_uri, use_store
 
-        # Runs and registry both at MLFLOW_TRACKING_URI, else params.yaml's store (when there is one here).
-        use_store(tracking_uri(load_params(params) if params.is_file() else Params()))
+        # Runs and registry both at MLFLOW_TRACKING_URI, else params.yaml's store, which must exist.
+        uri = tracking_uri(Params() if os.environ.get("MLFLOW_TRACKING_URI") else load_params(params))
+        require_store(uri)
+        use_store(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout/stderr to our lines
     predictor = Predictor.load(model, backend)
     shown = model if predictor.source == model else f"{model} ({predictor.source})"
@@ -273,15 +286,15 @@ def predict(
         console.print(table)
     if not done and not failed:
         errors.print(f"[red]error:[/red] no image files ({' '.join(sorted(IMAGE_EXTENSIONS))}) found", highlight=False)
-    errors.print(f"{done} images classified with {predictor.backend} ({shown}); {failed} failed")
+    errors.print(
+        f"{done} image{'' if done == 1 else 's'} classified with {predictor.backend} ({shown}); {failed} failed"
+    )
     if failed or not done:
         raise typer.Exit(1)
 
 
 def main() -> None:
     """Console entry: user errors end with one line on stderr and exit status 1."""
-    from hdkd.errors import HDKDError
-
     try:
         app()
     except HDKDError as error:
@@ -310,6 +323,13 @@ def tune(
     from hdkd.tune.worker import run_workers
 
     loaded = _load_params(params, set_)
+    if not loaded.tune.enabled:
+        typer.echo(
+            f"error: tuning is disabled (tune.enabled: false in {params}); set it to true there, or add "
+            "--set tune.enabled=true for this sweep",
+            err=True,
+        )
+        raise typer.Exit(1)
     if not join:
         tune_stage(loaded, workers=workers)
         return

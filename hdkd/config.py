@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hdkd.errors import HDKDError
 from hdkd.files import atomic_path
+from hdkd.layout import run_from_root_hint
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -225,7 +226,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     """Read `params.yaml`, apply dotted-key overrides (`{"data.source": "medmnist"}`), validate."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (run from the repository root)")
+        raise ConfigError(f"{path}: params file not found; {run_from_root_hint()}, or pass the file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:

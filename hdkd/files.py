@@ -110,3 +110,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
+    """A matplotlib figure to `path` (format from its suffix), atomically like every other output."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip("."), dpi=dpi)

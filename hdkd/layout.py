@@ -32,7 +32,7 @@ class Layout:
 
     @property
     def metrics(self) -> Path:
-        """Only the headline metrics (evaluate.json), for `dvc metrics show` and `dvc exp show`."""
+        """Only the headline metrics (a file per network), for `dvc metrics show` and `dvc exp show`."""
         return self.reports / "metrics"
 
     def stage_summary(self, stage: str) -> Path:
@@ -58,3 +58,21 @@ class Layout:
 
 
 REPO = Layout()
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above `start` (default: the working directory) that holds `dvc.yaml` and
+    `params.yaml`, or None outside a checkout."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "params.yaml").is_file():
+            return folder
+    return None
+
+
+def run_from_root_hint() -> str:
+    """What to do when a command that needs the project runs elsewhere: the root to `cd` to, if there is one."""
+    root = project_root()
+    if root is not None and root != Path.cwd().resolve():
+        return f"run it from the project root: cd {root}"
+    return "run it from the project root (the folder with dvc.yaml and params.yaml)"

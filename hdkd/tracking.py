@@ -17,6 +17,7 @@ import mlflow
 from hdkd.config import Params
 from hdkd.errors import HDKDError
 from hdkd.files import pid_alive, sha256_file
+from hdkd.layout import run_from_root_hint
 
 if TYPE_CHECKING:
     pass
@@ -55,6 +56,16 @@ def check_server(uri: str) -> None:
                 f"MLflow tracking server {uri} does not answer ({error}); start it or set mlflow.tracking_uri "
                 "(or MLFLOW_TRACKING_URI) to a reachable server or to sqlite:///mlflow.db"
             ) from None
+
+
+def require_store(uri: str) -> None:
+    """For commands that only read the store (predict, promote): a SQLite file that does not exist is an error,
+    not a new empty store (MLflow would create one wherever the command runs)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise TrackingError(
+            f"{uri}: no MLflow store here (run `dvc repro` first to create it); {run_from_root_hint()}, or set "
+            "MLFLOW_TRACKING_URI"
+        )
 
 
 def use_store(uri: str) -> None:

@@ -20,7 +20,9 @@ import pytest
 
 from tests.helpers import free_port
 
-INSTALL_HINT = "PostgreSQL server binaries (initdb, pg_ctl) not found: .ci/run installs Debian's `postgresql` package"
+INSTALL_HINT = (
+    "PostgreSQL server binaries (initdb, pg_ctl) not found: `make test` installs Debian's `postgresql` package"
+)
 
 
 def _bindir() -> Path:

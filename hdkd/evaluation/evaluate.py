@@ -1,7 +1,8 @@
 """The `evaluate` stage: every trained network, once, on the untouched test split.
 
 Writes under `reports/` (each folder is replaced whole, so a failed run leaves the previous one):
-  metrics/evaluate.json          headline metrics per model, for `dvc metrics show`
+  metrics/<model>.json           headline metrics, a file (a row of `dvc metrics show`) per model, and
+  metrics/distilled_vs_student.json  HDKD minus the plain student
   evaluate/<model>.json          everything else: per-class P/R/F1, confusion matrix, per-class
                                  ROC-AUC, parameters, MACs, CPU latency, Grad-CAM picks
   plots/confusion/<model>.csv    one `actual,predicted` row per test image (DVC confusion template)
@@ -46,7 +47,7 @@ from hdkd.training.metrics import classification_metrics, reliability_curve
 from hdkd.training.train import default_device
 from hdkd.tune.best import treatment
 
-HEADLINE = ("accuracy", "macro_f1", "roc_auc_ovr", "ece")
+COMPARISON_METRICS = "distilled_vs_student"  # reports/metrics/<this>.json: HDKD minus the plain student
 GRADCAM_KINDS = ("teacher", "distilled")
 OUTPUT_DIRS = ("evaluate", "plots/confusion", "plots/roc", "plots/reliability", "figures", "gradcam")
 EVAL_BATCH = 64
@@ -217,22 +218,26 @@ def compare_students(
 
 
 def headline_metrics(reports: Mapping[str, Mapping[str, Any]], result: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The few numbers `dvc metrics show` puts side by side: per model, and HDKD minus the plain student."""
+    """`{file stem: figures}` for `dvc metrics show`: one row per network and one for HDKD minus the plain
+    student, on the same few columns (macro-F1 and its 95% interval as `ci_low`, `ci_high`), so that the
+    table fits a terminal."""
     headline: dict[str, Any] = {}
     for name, report in reports.items():
-        row: dict[str, Any] = {}
-        for key in HEADLINE:
-            row[key] = report["metrics"][key]
-            if key in report["intervals"]:
-                row[f"{key}_ci_low"] = report["intervals"][key]["low"]
-                row[f"{key}_ci_high"] = report["intervals"][key]["high"]
-        headline[name] = row
+        metrics, interval = report["metrics"], report["intervals"]["macro_f1"]
+        headline[name] = {
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "ci_low": interval["low"],
+            "ci_high": interval["high"],
+            "auc": metrics["roc_auc_ovr"],
+            "ece": metrics["ece"],
+        }
     if result:
         diff = result["macro_f1_difference"]
-        headline["hdkd_vs_student"] = {
-            "macro_f1_diff": diff["value"],
-            "macro_f1_diff_ci_low": diff["low"],
-            "macro_f1_diff_ci_high": diff["high"],
+        headline[COMPARISON_METRICS] = {
+            "macro_f1": diff["value"],
+            "ci_low": diff["low"],
+            "ci_high": diff["high"],
             "mcnemar_p": result["mcnemar"]["p_value"],
         }
     return headline
@@ -304,7 +309,8 @@ def evaluate(
             if learning:
                 plots.learning_curves_png(out["figures"] / "learning_curves.png", learning)
         headline = headline_metrics(reports, result)
-        write_json(reports_dir / "metrics" / "evaluate.json", headline)
+        for stem, figures in headline.items():
+            write_json(reports_dir / "metrics" / f"{stem}.json", figures)
         with atomic_path(reports_dir / "summary.md") as tmp:
             tmp.write_text(summary_markdown(reports_dir, size, bool(learning)))
         complexity = {
@@ -325,7 +331,7 @@ def evaluate(
         )
         for folder in OUTPUT_DIRS:
             mlflow.log_artifacts(str(reports_dir / folder), artifact_path=f"reports/{folder}")
-        mlflow.log_artifact(str(reports_dir / "metrics" / "evaluate.json"), artifact_path="reports/metrics")
+        mlflow.log_artifacts(str(reports_dir / "metrics"), artifact_path="reports/metrics")
         mlflow.log_artifact(str(reports_dir / "summary.md"), artifact_path="reports")
     print(comparison_sentence(result))
     print(f"evaluate: reports in {reports_dir} (summary: {reports_dir / 'summary.md'})")

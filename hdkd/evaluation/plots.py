@@ -18,13 +18,15 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from torch import nn
 
+from hdkd.files import save_figure
+from hdkd.kinds import label
+
 DPI = 100
-LEARNING_PANELS = ("train_loss", "val_accuracy", "val_macro_f1")
 
 
-def _save(fig: Figure, path: Path) -> None:
+def _save_png(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, DPI)
 
 
 def confusion_png(path: Path, matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> None:
@@ -43,7 +45,7 @@ def confusion_png(path: Path, matrix: Sequence[Sequence[int]], classes: Sequence
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)
-    _save(fig, path)
+    _save_png(fig, path)
 
 
 def roc_png(path: Path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title: str) -> None:
@@ -59,7 +61,7 @@ def roc_png(path: Path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, float
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")
-    _save(fig, path)
+    _save_png(fig, path)
 
 
 def reliability_png(path: Path, curve: Mapping[str, Sequence[float]], ece: float, bins: int, title: str) -> None:
@@ -77,23 +79,37 @@ def reliability_png(path: Path, curve: Mapping[str, Sequence[float]], ece: float
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("confidence (top-class probability)")
     bottom.set_ylabel("images")
-    _save(fig, path)
+    _save_png(fig, path)
 
 
 def learning_curves_png(path: Path, histories: Mapping[str, Sequence[Mapping[str, str]]]) -> None:
-    """The training stages' per-epoch CSV rows, one panel per metric, one line per network."""
-    panels = [p for p in LEARNING_PANELS if any(p in rows[0] for rows in histories.values() if rows)]
+    """The training stages' per-epoch CSV rows (by network label), one panel per metric, one line per network.
+
+    HDKD's training loss (cross-entropy + distillation + lambda * feature MSE) gets a panel of its own: on the
+    cross-entropy's axis it is several times larger and flattens the other networks' curves."""
+    hdkd = label("distilled")
+    others = [name for name in histories if name != hdkd]
+    wanted = [
+        ("train loss (cross-entropy)", "train_loss", others),
+        ("HDKD train loss (CE + KD + lambda x features)", "train_loss", [hdkd]),
+        ("val_accuracy", "val_accuracy", list(histories)),
+        ("val_macro_f1", "val_macro_f1", list(histories)),
+    ]
+    panels = [
+        (title, column, shown)
+        for title, column, names in wanted
+        if (shown := [name for name in names if name in histories and any(row.get(column) for row in histories[name])])
+    ]
     fig = Figure(figsize=(4.5 * len(panels), 4))
-    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        for name, rows in histories.items():
-            points = [(int(row["epoch"]), float(row[panel])) for row in rows if row.get(panel)]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+    for ax, (title, column, names) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        for name in names:
+            points = [(int(row["epoch"]), float(row[column])) for row in histories[name] if row.get(column)]
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_title(panel)
+        ax.set_title(title)
         ax.legend(fontsize="small")
-    _save(fig, path)
+    _save_png(fig, path)
 
 
 def gradcam_overlays(

@@ -101,7 +101,8 @@ def comparison_sentence(result: Mapping[str, Any] | None) -> str:
         f"95% CI [{diff['low']:+.3f}, {diff['high']:+.3f}] "
         f"(paired bootstrap over {images} test images, {int(diff['resamples'])} resamples); "
         f"McNemar's exact test on correctness p = {test['p_value']:.3g} "
-        f"({test['only_a_correct']} images only HDKD gets right, {test['only_b_correct']} only the plain student)"
+        f"({test['only_a_correct']} image{'' if test['only_a_correct'] == 1 else 's'} only HDKD gets right, "
+        f"{test['only_b_correct']} only the plain student)"
     )
     if result.get("chance_level"):
         return (
@@ -196,7 +197,7 @@ def summary_markdown(reports_dir: str | Path, image_size: int, learning: bool) -
     lines += [
         "## Files",
         "",
-        "- `metrics/evaluate.json`: the headline metrics with their intervals (`dvc metrics show`)",
+        "- `metrics/<network>.json`: the headline metrics with their intervals (`dvc metrics show`)",
         "- `evaluate/<model>.json`: per-class precision/recall/F1, confusion matrix, per-class ROC-AUC, complexity",
         "- `evaluate/comparison.json`: HDKD against the plain student (paired bootstrap, McNemar)",
         "- `plots/confusion`, `plots/roc`, `plots/reliability`: plot data (`dvc plots show`); PNGs in `figures/`",

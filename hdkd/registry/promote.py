@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from hdkd.config import Params
 from hdkd.errors import HDKDError
-from hdkd.tracking import setup_tracking
+from hdkd.tracking import require_store, setup_tracking, tracking_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # What a person compares before promoting: the tags `register` puts on every version.
@@ -53,6 +53,7 @@ def promote(params: Params, name: str, version: int, force: bool = False) -> dic
     Refuses a version whose classes differ from the champion's unless `force`: everything downstream
     loads `models:/NAME@champion` and would start answering with other labels.
     """
+    require_store(tracking_uri(params))
     uri = setup_tracking(params)
     client = MlflowClient()
     try:

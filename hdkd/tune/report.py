@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hdkd.files import atomic_path, write_json
+from hdkd.files import save_figure, write_json
 from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
 from hdkd.tune.best import write_best
@@ -33,11 +33,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(figure: Any, path: Path) -> None:
+def _save_plot(figure: Any, path: Path) -> None:
     figure.set_size_inches(8, 5)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_figure(figure, path)
     _pyplot().close(figure)
 
 
@@ -47,7 +46,7 @@ def _note(path: Path, title: str, text: str) -> None:
     ax.set_title(title)
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
     ax.set_axis_off()
-    _save(figure, path)
+    _save_plot(figure, path)
 
 
 def write_plots(study: optuna.Study, kind: str, layout: Layout = REPO) -> None:
@@ -58,10 +57,10 @@ def write_plots(study: optuna.Study, kind: str, layout: Layout = REPO) -> None:
     paths = plot_paths(layout, kind)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        _save(plots.plot_optimization_history(study, target_name=OBJECTIVE).figure, paths["history"])
-        _save(plots.plot_intermediate_values(study).figure, paths["intermediate"])
+        _save_plot(plots.plot_optimization_history(study, target_name=OBJECTIVE).figure, paths["history"])
+        _save_plot(plots.plot_intermediate_values(study).figure, paths["intermediate"])
         try:
-            _save(plots.plot_param_importances(study, target_name=OBJECTIVE).figure, paths["importances"])
+            _save_plot(plots.plot_param_importances(study, target_name=OBJECTIVE).figure, paths["importances"])
         except (ValueError, RuntimeError) as error:  # fewer than two complete trials, or a constant space
             _note(paths["importances"], "Hyperparameter importances", f"not computable yet: {error}")
 
