@@ -6,6 +6,11 @@ static int8 ONNX model, a torch.export program; with --aoti an AOTInductor packa
 backend in interleaved rounds so that other load on the machine hits them alike. Prints a table of
 median / p90 milliseconds and the speed-up over eager; with --json the last line is one JSON object.
 
+The anchor is the machine itself: in the same run it measures ONNX Runtime's fp32 peak (a 2048^3 sgemm,
+`MatMul`) and its int8 peak (the same shape as u8 x s8 `MatMulInteger`), and prints each backend's
+multiply-accumulates per second as a share of the peak of its precision (the network's MACs from
+PyTorch's FLOP counter).
+
     python benchmarks/compile_latency.py --preset paper            # 224 px
     python benchmarks/compile_latency.py --checkpoint models/distilled/best.pt
 """
@@ -27,9 +32,43 @@ import torch
 from hdkd.deploy.compile import parity
 from hdkd.deploy.export import export_aoti, export_onnx, export_program
 from hdkd.deploy.quantize import quantize_int8
-from hdkd.deploy.runtime import OnnxRunner, Runner, TorchRunner
+from hdkd.deploy.runtime import OnnxRunner, Runner, TorchRunner, onnx_session
 from hdkd.evaluation.timing import cpu_name, measure_latency
 from hdkd.models import PRESETS, build_model
+from hdkd.models.complexity import count_macs
+
+PEAK_SIZE = 2048  # a square matmul this large runs at the kernels' best rate
+
+
+def matmul_peak(folder: Path, int8: bool, size: int = PEAK_SIZE) -> float:
+    """GMAC/s of one size^3 matmul through ONNX Runtime (this project's session options): fp32 `MatMul`, or
+    `MatMulInteger` of uint8 activations by int8 weights, the kernel int8 convolutions and matmuls use."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if int8:
+        a = rng.integers(0, 255, (size, size), dtype=np.uint8)
+        b = numpy_helper.from_array(rng.integers(-127, 127, (size, size), dtype=np.int8), "b")
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
+        kinds = (TensorProto.UINT8, TensorProto.INT32)
+    else:
+        a = rng.standard_normal((size, size), dtype=np.float32)
+        b = numpy_helper.from_array(rng.standard_normal((size, size), dtype=np.float32), "b")
+        node = helper.make_node("MatMul", ["a", "b"], ["c"])
+        kinds = (TensorProto.FLOAT, TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [node],
+        "peak",
+        [helper.make_tensor_value_info("a", kinds[0], [size, size])],
+        [helper.make_tensor_value_info("c", kinds[1], [size, size])],
+        [b],
+    )
+    path = folder / f"peak_{'int8' if int8 else 'fp32'}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = onnx_session(path)
+    milliseconds = measure_latency({"peak": lambda: session.run(["c"], {"a": a})}, repeats=8)["peak"]["median_ms"]
+    return size**3 / (milliseconds / 1000) / 1e9
 
 
 def main() -> None:
@@ -93,6 +132,7 @@ def main() -> None:
             build["tensorrt"] = time.perf_counter() - began
             runners["eager_cuda"] = TorchRunner("eager_cuda", copy.deepcopy(model).cuda(), args.max_batch, "cuda")
 
+        peak = {"fp32": matmul_peak(Path(tmp), int8=False), "int8": matmul_peak(Path(tmp), int8=True)}
         reference = runners["eager"](inputs)
         diffs = {name: parity(reference, runner(inputs)) for name, runner in runners.items() if name != "eager"}
         results = {}
@@ -104,23 +144,45 @@ def main() -> None:
             results[batch] = measure_latency(calls, repeats)
         load = {"before": load_before, "after": os.getloadavg()[0], "cores": os.cpu_count()}
 
-    flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
+    gmacs = count_macs(model, size) / 1e9
+    flags = sorted(
+        set(Path("/proc/cpuinfo").read_text().split())
+        & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8"}
+    )
     threads = torch.get_num_threads()
     print(f"{label}, {size} px | {cpu_name()} ({' '.join(flags)}) | torch {torch.__version__}, {threads} threads")
     print(f"1-min load average {load['before']:.2f} before timing, {load['after']:.2f} after ({load['cores']} cores)")
+    print(
+        f"peak through ONNX Runtime ({PEAK_SIZE}^3 matmul): fp32 {peak['fp32']:.0f} GMAC/s, int8 {peak['int8']:.0f} "
+        f"GMAC/s ({peak['int8'] / peak['fp32']:.2f}x fp32); the network: {gmacs:.3f} GMAC per image"
+    )
     header = f"{'backend':<14}{'build s':>9}{'max|diff|':>11}"
     for batch in batches:
-        header += f"{f'b{batch} median':>13}{f'b{batch} p90':>10}{f'b{batch} speedup':>13}"
+        header += f"{f'b{batch} median':>13}{f'b{batch} p90':>10}{f'b{batch} speedup':>13}{f'b{batch} peak':>10}"
     print(header)
+    shares: dict[int, dict[str, float]] = {batch: {} for batch in batches}
     for name in runners:
         line = f"{name:<14}{build.get(name, 0):>9.1f}{diffs[name]['max_abs_diff'] if name in diffs else 0:>11.1e}"
         for batch in batches:
             times = results[batch][name]
             speedup = results[batch]["eager"]["median_ms"] / times["median_ms"]
-            line += f"{times['median_ms']:>13.2f}{times['p90_ms']:>10.2f}{speedup:>12.2f}x"
+            rate = gmacs * batch / (times["median_ms"] / 1000)  # GMAC/s this backend reaches
+            shares[batch][name] = rate / peak["int8" if "int8" in name else "fp32"]
+            line += f"{times['median_ms']:>13.2f}{times['p90_ms']:>10.2f}{speedup:>12.2f}x{shares[batch][name]:>10.0%}"
         print(line)
+    print("peak: the backend's multiply-accumulates per second as a share of the peak of its precision")
     if args.json:
-        summary = {"model": label, "cpu": cpu_name(), "build_s": build, "parity": diffs, "latency": results}
+        summary = {
+            "model": label,
+            "cpu": cpu_name(),
+            "flags": flags,
+            "peak_gmacs": peak,
+            "model_gmac": gmacs,
+            "share_of_peak": shares,
+            "build_s": build,
+            "parity": diffs,
+            "latency": results,
+        }
         print(json.dumps({**summary, "load": load}))
 
 
