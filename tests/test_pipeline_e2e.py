@@ -58,7 +58,7 @@ def test_dvc_metrics_show_the_headline_only_and_second_repro_runs_nothing(pipeli
     shown = run(["dvc", "metrics", "show", "--json"], pipeline_repo).stdout
     files = {Path(name).name for entry in json.loads(shown).values() for name in entry["data"]}
     # A file per network, the stages' own numbers in reports/stages/, not in every table.
-    assert files == {"teacher.json", "student.json", "distilled.json", "distilled_vs_student.json"}
+    assert files == {"teacher.json", "student.json", "distilled.json", "hdkd_gain.json"}
     for stage in ("validate", "teacher", "student", "tune", "distilled", "compile"):
         assert (pipeline_repo / "reports" / "stages" / f"{stage}.json").is_file()
     compiled = json.loads((pipeline_repo / "reports/stages/compile.json").read_text())

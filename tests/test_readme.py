@@ -78,7 +78,7 @@ def check(block: Block, out: str) -> None:
         assert found["experiment"]["name"] == "hdkd"
     elif block.name == "experiment":
         table = [line for line in out.splitlines() if line.startswith("|")]
-        assert "distilled.json:macro_f1" in table[0] and "distilled_vs_student.json:macro_f1" in table[0]
+        assert "distilled.json:macro_f1" in table[0] and "hdkd_gain" in table[0]
         assert len(table) >= 4, out  # header, rule, workspace and at least one experiment or commit
         assert max(map(len, table)) <= WIDEST, out
         assert "champion" in out
