@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands run `python` from PATH: the venv comes first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup test test-fast lint run serve gpu-check clean postgres
+.PHONY: setup test test-fast lint deps run serve gpu-check clean postgres
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ endif
 # The quick loop: everything but the end-to-end tests and the tests that start a server (marked `slow`).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# dvc.yaml's code deps from the import graph: every module a stage runs, lazy imports too (hdkd/stage_deps.py).
+deps: setup
+	$(BIN)/python -m hdkd.stage_deps
 
 run: setup
 	$(BIN)/dvc repro
