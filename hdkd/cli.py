@@ -138,10 +138,12 @@ def ablate(
 def promote(
     name: Annotated[str, typer.Argument(help="registered model, e.g. hdkd-student")],
     version: Annotated[int, typer.Argument(help="the version to make champion")],
-    force: Annotated[bool, typer.Option(help="promote even if its classes differ from the champion's")] = False,
+    force: Annotated[
+        bool, typer.Option(help="promote even if it is worse than the champion or predicts other classes")
+    ] = False,
     params: Annotated[Path, typer.Option(help="params file (for the tracking URI)")] = Path("params.yaml"),
 ) -> None:
-    """Give VERSION of NAME the alias `champion`, after showing it against the current champion."""
+    """Give VERSION of NAME the alias `champion`, after pairing it with the current champion on the same test images."""
     from hdkd.config import load_params
     from hdkd.registry.promote import promote as promote_version
 
@@ -152,6 +154,9 @@ def promote(
     for row in result["rows"]:
         table.add_row(*row)
     console.print(table)
+    for paragraph in (result["lineage"], result.get("paired")):
+        if paragraph:
+            typer.echo(paragraph)
     console.print(result["message"])
 
 
@@ -203,7 +208,8 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
     registry = reports / "registry.json"
     if registry.is_file():
         for name, entry in json.loads(registry.read_text()).items():
-            console.print(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])})")
+            kept = "" if entry.get("new", True) else "; unchanged by this run"
+            console.print(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])}{kept})")
     console.print(
         f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/stages/, {reports}/figures/, {reports}/gradcam/"
     )

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 NOTE = "mlflow.note.content"
 # Who runs a stage's MLflow run: a later run of the stage closes a RUNNING run whose process is gone.
 PID_TAG, HOST_TAG = "hdkd.pid", "hdkd.host"
+# DVC names the experiment in the environment of every stage of `dvc exp run` (queued ones too).
+DVC_EXP_ENV, DVC_EXP_TAG = "DVC_EXP_NAME", "dvc.exp_name"
 EXPERIMENT_DESCRIPTION = (
     "HDKD pipeline runs: one run per training stage (teacher, plain student, HDKD student), tune (with one "
     "nested run per Optuna trial), evaluate (test metrics with 95% intervals, HDKD against the plain student) "
@@ -96,7 +98,8 @@ def git_commit() -> str | None:
 
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **tags: str) -> Iterator[Any]:
-    """An MLflow run for one pipeline stage, tagged with git commit, stage, data manifest hash, pid and host.
+    """An MLflow run for one pipeline stage, tagged with git commit, DVC experiment (under `dvc exp run`), stage,
+    data manifest hash, pid and host.
 
     Runs of the same stage that a killed process left RUNNING are marked KILLED first (`close_stale_runs`)."""
     setup_tracking(params)
@@ -106,6 +109,8 @@ def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **
         run_tags["ablation.seed"] = str(params.student.seed if params.student.seed is not None else params.seed)
     if commit := git_commit():
         run_tags["git_commit"] = commit
+    if dvc_exp := os.environ.get(DVC_EXP_ENV):
+        run_tags[DVC_EXP_TAG] = dvc_exp
     if manifest is not None and Path(manifest).is_file():
         run_tags["data_manifest_sha256"] = sha256_file(manifest)
     if (experiment := mlflow.get_experiment_by_name(params.mlflow.experiment)) is not None:

@@ -11,12 +11,14 @@ Writes under `reports/` (each folder is replaced whole, so a failed run leaves t
   figures/*.png                  the same as images, plus the training stages' learning curves
   gradcam/<model>_<i>.png        Grad-CAM of teacher and HDKD student: picture | overlay
   summary.md                     teacher, plain student and HDKD side by side
+and with its MLflow run predictions/<model>.csv, a row per test image to pair versions on (predictions.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hdkd.config import Params
+from hdkd.data.arrays import read_npz
 from hdkd.data.loading import load_split, make_loader
 from hdkd.errors import HDKDError
 from hdkd.evaluation import plots
 from hdkd.evaluation.gradcam import Pictures, gradcam_picks, pictures, write_gradcam
+from hdkd.evaluation.predictions import PREDICTIONS_PATH, compare_paired, write_predictions
 from hdkd.evaluation.report import COMPARISON, comparison_sentence, summary_markdown, teacher_gap_sentence
-from hdkd.evaluation.stats import accuracy, bootstrap_ci, macro_f1_over, mcnemar, paired_difference_ci
+from hdkd.evaluation.stats import accuracy, bootstrap_ci, macro_f1_over
 from hdkd.evaluation.timing import cpu_name, measure_latency
 from hdkd.files import atomic_dir, atomic_path, write_json
 from hdkd.kinds import KINDS, label
@@ -201,12 +205,8 @@ def compare_students(
     """HDKD against the plain student on the same images: paired bootstrap of the macro-F1 difference, McNemar."""
     if not {"student", "distilled"} <= predicted.keys():
         return None
-    hdkd, plain = predicted["distilled"], predicted["student"]
     result: dict[str, Any] = {
-        "test_images": len(labels),
-        "macro_f1_difference": paired_difference_ci(labels, hdkd, plain, macro_f1_over(num_classes), seed).as_dict(),
-        "accuracy_difference": paired_difference_ci(labels, hdkd, plain, accuracy, seed).as_dict(),
-        "mcnemar": mcnemar(labels, hdkd, plain).as_dict(),
+        **compare_paired(labels, predicted["distilled"], predicted["student"], num_classes, seed),
         "teacher_gap": teacher_gap_sentence(macro_f1),
         # A network that predicts one class for everything has balanced accuracy 1/classes, whatever its accuracy.
         "chance_level": all(
@@ -267,9 +267,10 @@ def evaluate(
         split, train=False, image_size=size, batch_size=EVAL_BATCH, num_workers=params.data.num_workers
     )
     picks = pictures(split, gradcam_picks(split.labels, gradcam_images), size)
+    image_ids = read_npz(test_data, ("ids",), "run the split stage again")["ids"]
     reports: dict[str, dict[str, Any]] = {}
     predictions: dict[str, np.ndarray] = {}
-    with stage_run(params, "evaluate", manifest=manifest):
+    with stage_run(params, "evaluate", manifest=manifest) as run, tempfile.TemporaryDirectory() as per_image:
         mlflow.log_params(
             {**flat_params(params, ("model", "data")), **{f"checkpoint.{name}": str(models[name]) for name in networks}}
         )
@@ -282,6 +283,8 @@ def evaluate(
                 predictions[name] = predicted
                 report["intervals"] = intervals(split.labels, predicted, len(classes), params.seed)
                 report["treatment"] = treatment(params)
+                report["evaluate_run_id"] = run.info.run_id  # where predictions/<name>.csv is kept
+                write_predictions(Path(per_image) / f"{name}.csv", image_ids, split.labels, predicted, classes)
                 report["checkpoint"] = {
                     "path": str(models[name]),
                     "epoch": meta.get("epoch"),
@@ -332,6 +335,7 @@ def evaluate(
         )
         for folder in OUTPUT_DIRS:
             mlflow.log_artifacts(str(reports_dir / folder), artifact_path=f"reports/{folder}")
+        mlflow.log_artifacts(per_image, artifact_path=PREDICTIONS_PATH)
         mlflow.log_artifacts(str(reports_dir / "metrics"), artifact_path="reports/metrics")
         mlflow.log_artifact(str(reports_dir / "summary.md"), artifact_path="reports")
     print(comparison_sentence(result))

@@ -1,9 +1,12 @@
 """MLflow model registry: register trained networks, alias new versions, promote a champion.
 
-Every new version gets the alias `challenger`; `champion` is given automatically only to the
-first version of a model. After that a person promotes, in the MLflow UI (set the alias
-`champion` on a version) or with `hdkd promote NAME VERSION`. Compile, predict and serve load
-`models:/<name>@champion`.
+A version is added only for a model that differs from every version of its name: another checkpoint
+(sha256), another training run, or for `hdkd-student` other compiled artifacts; otherwise the stage says
+"unchanged: version N kept" and moves no alias. Every new version gets the alias `challenger`; `champion`
+is given automatically only to the first version of a model. After that a person promotes, in the MLflow
+UI (set the alias `champion` on a version) or with `hdkd promote NAME VERSION`; either way the version's
+description already holds its lineage (`lineage.py`) and its paired verdict against the champion
+(`paired.py`). Compile, predict and serve load `models:/<name>@champion`.
 
 `hdkd-student` is registered as the serving pyfunc (image bytes or arrays in, class and
 probabilities out) logged into the distill run, with the compiled artifacts of models/compiled
@@ -13,7 +16,6 @@ registered as the PyTorch models their training runs logged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from hdkd.evaluation.report import ReportError, comparison, comparison_sentence,
 from hdkd.files import sha256_file, write_json
 from hdkd.kinds import NETWORKS, label
 from hdkd.layout import REPO, Layout
+from hdkd.registry.lineage import lineage_tags, lineage_text
+from hdkd.registry.paired import NO_CHAMPION, paired_check, record_paired
 from hdkd.registry.promote import CHALLENGER, CHAMPION, champion_of
 from hdkd.tracking import setup_tracking
 
@@ -49,7 +53,23 @@ def register_version(client: MlflowClient, name: str, model_uri: str, tags: dict
     if not has_alias(client, name, CHAMPION):
         client.set_registered_model_alias(name, CHAMPION, version.version)
     aliases = client.get_model_version(name, version.version).aliases
-    return {"version": int(version.version), "aliases": sorted(aliases), "source": model_uri}
+    return {"version": int(version.version), "aliases": sorted(aliases), "source": model_uri, "new": True}
+
+
+def model_identity(kind: str, run_id: str, layout: Layout) -> dict[str, str]:
+    """What makes two versions the same model: its checkpoint and training run, and for the HDKD student
+    (registered with its compiled artifacts) the index of those artifacts."""
+    identity = {"run_id": run_id, "checkpoint_sha256": sha256_file(layout.checkpoint(kind))}
+    if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:
+        identity["compiled_sha256"] = sha256_file(compiled / ARTIFACT_INDEX)
+    return identity
+
+
+def same_model(client: MlflowClient, name: str, identity: dict[str, str]) -> ModelVersion | None:
+    """The newest version of `name` that holds this very model, if any."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    same = [v for v in versions if all(v.tags.get(key) == value for key, value in identity.items())]
+    return max(same, key=lambda version: int(version.version), default=None)
 
 
 def compiled_dir(layout: Layout) -> Path | None:
@@ -79,6 +99,8 @@ def evaluation_tags(kind: str, reports_dir: Path) -> dict[str, str]:
         for key, ci in report["intervals"].items()
     }
     tags["test_images"] = str(report["test_images"])
+    if "evaluate_run_id" in report:
+        tags["evaluate_run_id"] = report["evaluate_run_id"]
     result = comparison(reports_dir)
     if kind == "distilled" and result:
         diff = result["macro_f1_difference"]
@@ -99,32 +121,30 @@ MODEL_DESCRIPTIONS = {
 }
 
 
-def params_digest(params: Params) -> str:
-    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def version_description(kind: str, tags: dict[str, str], champion: ModelVersion | None) -> str:
-    """One paragraph for the version page: what it is, what it learnt from, and against the champion."""
-    text = (
-        f"{label(kind)} ({tags['preset']} preset, {tags['block']} blocks) trained on data manifest "
-        f"{tags.get('data_manifest_sha256', 'unknown')[:12]} (params {tags['params_sha256']}), classes "
-        f"{', '.join(json.loads(tags['classes']))}. Validation macro-F1 {tags['val_macro_f1']}"
-    )
+def version_description(kind: str, tags: dict[str, str]) -> str:
+    """The version page's text: what it is and what it scored, then its lineage. The paired paragraph against
+    the champion follows (`paired.record_paired`)."""
+    text = f"{label(kind)} ({tags['preset']} preset, {tags['block']} blocks), classes "
+    text += f"{', '.join(json.loads(tags['classes']))}. Validation macro-F1 {tags['val_macro_f1']}"
     if "test_macro_f1" in tags:
         text += f"; test macro-F1 {tags['test_macro_f1']} and accuracy {tags['test_accuracy']} (95% CI) on "
         text += f"{tags['test_images']} test images"
-    text += "."
+    return f"{text}.\n\n{lineage_text(tags)}"
+
+
+def describe(
+    client: MlflowClient, name: str, version: str, tags: dict[str, str], champion: ModelVersion | None, seed: int
+) -> None:
+    """Write the new version's description, and the paired check against the champion (tags `paired.*`), so
+    that the version page says it before anyone promotes, in the UI or with `hdkd promote`."""
+    description = version_description(tags["kind"], tags)
     if champion is None:
-        return text + " There is no champion yet: this version becomes it."
-    if champion.tags.get("data_manifest_sha256") != tags.get("data_manifest_sha256"):
-        return (
-            text
-            + f" The champion (version {champion.version}) was evaluated on other data, so the two are not compared."
-        )
-    return text + (
-        f" On the same test split the champion (version {champion.version}) has test macro-F1 "
-        f"{champion.tags.get('test_macro_f1', 'unknown')}; promote this one only if its interval says it is better."
-    )
+        client.update_model_version(name, version, description=f"{description}\n\n{NO_CHAMPION}")
+        return
+    client.update_model_version(name, version, description=description)
+    check = paired_check(client, client.get_model_version(name, version), champion, seed)
+    record_paired(client, name, version, check)
+    print(f"{name} version {version}: {check.sentence()}")
 
 
 def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
@@ -138,28 +158,39 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     for kind, network in NETWORKS.items():
         name = network.registered_name
         logged = json.loads(layout.logged_model(kind).read_text())
+        identity = model_identity(kind, logged["run_id"], layout)
+        if (kept := same_model(client, name, identity)) is not None:
+            registered[name] = {
+                "version": int(kept.version),
+                "aliases": sorted(kept.aliases),
+                "source": kept.source,
+                "new": False,
+            }
+            print(f"{name} unchanged: version {kept.version} kept")
+            continue
         model_uri = log_serving_model(logged["run_id"], layout) if kind == "distilled" else logged["model_uri"]
         metrics = json.loads(layout.stage_summary(kind).read_text())
+        tested = evaluation_tags(kind, layout.reports)
         tags = {
             "kind": kind,
             "preset": params.model.preset,
             "block": params.model.block,
-            "run_id": logged["run_id"],
+            **identity,
             "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
             "classes": json.dumps(list(classes)),
-            "params_sha256": params_digest(params),
+            # the split at hand, unless the evaluate run that tested the model names its own (lineage_tags)
             **({"data_manifest_sha256": sha256_file(manifest)} if manifest.is_file() else {}),
-            **evaluation_tags(kind, layout.reports),
+            **tested,
+            **lineage_tags(client, logged["run_id"], tested.get("evaluate_run_id")),
         }
         champion = champion_of(client, name)
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
             client.create_registered_model(name, description=MODEL_DESCRIPTIONS[kind])
         registered[name] = register_version(client, name, model_uri, tags)
-        client.update_model_version(
-            name, str(registered[name]["version"]), description=version_description(kind, tags, champion)
-        )
+        version = str(registered[name]["version"])
+        describe(client, name, version, tags, champion, params.seed)
         if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:
             log_compiled_artifacts(compiled, logged["run_id"], name, registered[name]["version"])
-        print(f"registered {name} version {registered[name]['version']} ({', '.join(registered[name]['aliases'])})")
+        print(f"registered {name} version {version} ({', '.join(registered[name]['aliases'])})")
     write_json(layout.reports / "registry.json", registered)
     return registered

@@ -206,6 +206,21 @@ def test_run_is_tracked_in_mlflow(evaluated):
     assert {"reports/summary.md", "reports/gradcam", "reports/plots"} <= logged
 
 
+def test_each_networks_per_image_predictions_are_kept_with_the_run(evaluated, tmp_path):
+    from hdkd.evaluation.predictions import PREDICTIONS_PATH, read_predictions
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{evaluated['root'] / 'mlflow.db'}")
+    split = np.load(evaluated["test_data"])
+    for kind in KINDS:
+        run_id = json.loads((evaluated["reports"] / "evaluate" / f"{kind}.json").read_text())["evaluate_run_id"]
+        path = client.download_artifacts(run_id, f"{PREDICTIONS_PATH}/{kind}.csv", str(tmp_path))
+        stored = read_predictions(path)
+        assert list(stored["image"]) == list(split["ids"])
+        assert list(stored["label"]) == [CLASSES[i] for i in split["labels"]]
+        confusion = read_csv(evaluated["reports"] / "plots" / "confusion" / f"{kind}.csv")
+        assert list(stored["predicted"]) == [row["predicted"] for row in confusion]
+
+
 def test_checkpoint_for_another_class_count_is_refused(tmp_path):
     test_data = write_split(tmp_path / "test.npz", 12, seed=1)
     models = {
