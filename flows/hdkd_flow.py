@@ -78,9 +78,9 @@ def _logged_runs() -> dict[str, str]:
 
 
 def _ablation(seeds: int, configs: list[str] | None) -> list[str]:
-    from hdkd.evaluation.ablation import CONFIGS, ablate, markdown
+    from hdkd.evaluation.ablation import DEFAULT_CONFIGS, ablate, markdown
 
-    summary = ablate(load_params(), configs or list(CONFIGS), seeds, log=get_run_logger().info)
+    summary = ablate(load_params(), configs or DEFAULT_CONFIGS, seeds, log=get_run_logger().info)
     create_markdown_artifact(key="hdkd-ablation", markdown=markdown(summary), description="HDKD ablation")
     return [f"ablation {summary['batch']}"]
 

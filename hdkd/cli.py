@@ -120,17 +120,22 @@ def recipe(
 def ablate(
     seeds: Annotated[int, typer.Option(help="seeds per configuration (students only; data and teacher are kept)")] = 3,
     configs: Annotated[
-        str, typer.Option(help="comma-separated: hdkd, logit_only, feature_only, hard, mbconv")
-    ] = "hdkd,logit_only,feature_only,hard,mbconv",
+        str | None,
+        typer.Option(
+            help="comma-separated, of hdkd, logit_only, vanilla_kd, feature_only, hard, mbconv "
+            "(default: hdkd,logit_only,vanilla_kd)"
+        ),
+    ] = None,
     first_seed: Annotated[int, typer.Option(help="the first student seed")] = 1,
     jobs: Annotated[int | None, typer.Option(help="experiments at once (default: one per core)")] = None,
     params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
 ) -> None:
     """Seeds x distillation settings as queued DVC experiments; writes reports/ablation.md with intervals."""
     from hdkd.config import load_params
+    from hdkd.evaluation.ablation import DEFAULT_CONFIGS
     from hdkd.evaluation.ablation import ablate as run_ablation
 
-    chosen = [name.strip() for name in configs.split(",") if name.strip()]
+    chosen = [name.strip() for name in configs.split(",") if name.strip()] if configs else list(DEFAULT_CONFIGS)
     run_ablation(load_params(params), chosen, seeds, first_seed, jobs, log=console.print)
 
 

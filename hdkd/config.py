@@ -59,7 +59,10 @@ class ModelParams(_Strict):
 
 
 class TrainParams(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1)  # the most epochs a run trains; `patience` may end it sooner
+    # Early stopping: end the run once validation macro-F1 has not improved for this many epochs (the best
+    # checkpoint is kept either way); None: always train `epochs`.
+    patience: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
     opt: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(5e-5, gt=0.0)
@@ -71,11 +74,31 @@ class TrainParams(_Strict):
     bf16: bool = False
     seed: int | None = None  # None: the top-level seed; set per network by `hdkd ablate` (data stay the same)
 
+    def converged(self, epoch: int, best_epoch: int) -> bool:
+        """Whether early stopping ends a run after 0-based `epoch`, its best validation score so far at
+        `best_epoch`: `patience` epochs have passed without a better one."""
+        return self.patience is not None and epoch - best_epoch >= self.patience
+
+    def stops_after(self, epoch: int, best_epoch: int) -> bool:
+        """Whether a run ends after `epoch`: it converged, or it was the last of `epochs`."""
+        return epoch + 1 >= self.epochs or self.converged(epoch, best_epoch)
+
+    def hit_max(self, best_epoch: int) -> bool:
+        """Whether a run with its best at `best_epoch` trained all `epochs` without converging: it may still
+        have been improving when it stopped."""
+        return not self.converged(self.epochs - 1, best_epoch)
+
 
 class DistillParams(TrainParams):
+    # hdkd: the HDKD student (distillation token and head, DeiT-style logit term, feature term);
+    # vanilla_kd: Hinton's KD on the plain student network (no token, no feature term), the standard reference.
+    method: Literal["hdkd", "vanilla_kd"] = "hdkd"
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0)
     kind: Literal["soft", "hard"] = "soft"
+    # HDKD's soft KD term divides its summed KL by batch x classes (DeiT's and the paper's `per_logit`), 1/C of
+    # Hinton's KL per image (`per_image`, which vanilla_kd always uses).
+    kl_scale: Literal["per_logit", "per_image"] = "per_logit"
     lambda_feat: float = Field(10.0, ge=0.0)
     beta: float = 1.0
     stages: list[Literal[1, 2, 3]] = [1, 2, 3]  # pydantic copies mutable defaults per instance
@@ -101,7 +124,7 @@ class Choice(_Strict):
     choices: list[bool | int | float | str | list[int]] = Field(min_length=1)
 
 
-UNTUNABLE = frozenset({"epochs"})  # a trial always trains `tune.epochs`
+UNTUNABLE = frozenset({"epochs", "patience", "method"})  # a trial always trains `tune.epochs` of one method
 
 
 class TuneParams(_Strict):

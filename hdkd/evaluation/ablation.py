@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hdkd.config import Params
+from hdkd.config import Params, TrainParams
 from hdkd.errors import HDKDError
 from hdkd.evaluation.stats import Interval, accuracy, macro_f1_over, paired_difference_ci
 from hdkd.files import atomic_path, write_json
@@ -43,14 +43,20 @@ from hdkd.servers import tool_env
 CONFIGS: dict[str, dict[str, Any]] = {
     "hdkd": {},  # logits + features, as params.yaml says
     "logit_only": {"distill.lambda_feat": 0.0},
+    # Hinton's KD on the plain student network, alpha and temperature as params.yaml says: the standard reference.
+    "vanilla_kd": {"distill.method": "vanilla_kd"},
     "feature_only": {"distill.alpha": 0.0},  # the distillation head learns nothing: predicts with the class head
     "hard": {"distill.kind": "hard"},
     "mbconv": {"model.block": "mbconv"},  # teacher and students with MBConv (squeeze-excitation) blocks
 }
+# What `hdkd ablate` and the Prefect deployment run unless told: does HDKD beat the plain student, what do its
+# features add, and how does it compare with standard KD. The others answer narrower questions on request.
+DEFAULT_CONFIGS = ("hdkd", "logit_only", "vanilla_kd")
 LABELS = {
     "plain": "Plain student (no KD)",
     "hdkd": "HDKD (logits + features)",
     "logit_only": "Logit distillation only (lambda_feat 0)",
+    "vanilla_kd": "Vanilla KD (Hinton), plain student network",
     "feature_only": "Feature distillation only (alpha 0)",
     "hard": "HDKD, hard logit distillation",
     "mbconv": "HDKD with MBConv blocks",
@@ -181,8 +187,15 @@ def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.nd
     return np.array([row["actual"] for row in rows]), np.array([row["predicted"] for row in rows])
 
 
-def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
-    """Per (config, seed): the test labels and the plain and distilled students' predictions (as class names)."""
+def _best_epoch(client: Any, run_id: str, kind: str) -> int:
+    """The 0-based epoch of the checkpoint the evaluate run scored (its best on validation)."""
+    path = client.download_artifacts(run_id, f"reports/evaluate/{kind}.json")
+    return int(json.loads(Path(path).read_text())["checkpoint"]["epoch"])
+
+
+def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (config, seed): the test labels, the plain and distilled students' predictions (as class names) and
+    their best epochs."""
     from mlflow import MlflowClient
 
     from hdkd.tracking import use_store
@@ -197,19 +210,21 @@ def collect(params: Params, tracking_uri: str, batch: str) -> dict[tuple[str, in
         [experiment.experiment_id],
         filter_string=f"tags.`ablation.batch` = '{batch}' and tags.stage = 'evaluate'",
     )
-    found: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    found: dict[tuple[str, int], dict[str, Any]] = {}
     for run in runs:
         key = (run.data.tags["ablation.config"], int(run.data.tags["ablation.seed"]))
-        labels, student = _predictions(client, run.info.run_id, "student")
-        _, distilled = _predictions(client, run.info.run_id, "distilled")
-        found[key] = {"labels": labels, "student": student, "distilled": distilled}
+        found[key] = {}
+        for kind in ("student", "distilled"):
+            found[key]["labels"], found[key][kind] = _predictions(client, run.info.run_id, kind)
+            found[key][f"{kind}_best_epoch"] = _best_epoch(client, run.info.run_id, kind)
     return found
 
 
 def summarize(
-    results: Mapping[tuple[str, int], Mapping[str, np.ndarray]], configs: Sequence[str], seed: int
+    results: Mapping[tuple[str, int], Mapping[str, Any]], configs: Sequence[str], params: Params
 ) -> dict[str, Any]:
-    """Mean and std over seeds per configuration, and the pooled paired interval against the plain student."""
+    """Mean and std over seeds per configuration, the pooled paired interval against the plain student, and
+    each run's best epoch (marked when the run hit its maximum of epochs instead of converging)."""
     seeds = sorted({s for c, s in results if c == BASELINE})
     if not seeds:
         raise AblationError(f"no finished {BASELINE!r} experiment: the plain-student baseline is missing")
@@ -223,7 +238,8 @@ def summarize(
     y = encode(labels)
     f1 = macro_f1_over(len(classes))
     plain = np.stack([encode(results[(BASELINE, s)]["student"]) for s in seeds], axis=1)
-    rows: dict[str, Any] = {"plain": _row("plain", y, plain, None, f1, seed)}
+    rows: dict[str, Any] = {"plain": _row("plain", y, plain, None, f1, params.seed)}
+    rows["plain"] |= _epochs([results[(BASELINE, s)]["student_best_epoch"] for s in seeds], params.student)
     for config in dict.fromkeys([BASELINE, *configs]):
         done = [s for s in seeds if (config, s) in results]
         if not done:
@@ -234,8 +250,19 @@ def summarize(
                 raise AblationError(f"{config} seed {s}: another test split than the baseline's; rerun the ablation")
         distilled = np.stack([encode(results[(config, s)]["distilled"]) for s in done], axis=1)
         baseline = np.stack([encode(results[(BASELINE, s)]["student"]) for s in done], axis=1)
-        rows[config] = _row(config, y, distilled, baseline, f1, seed)
+        rows[config] = _row(config, y, distilled, baseline, f1, params.seed)
+        rows[config] |= _epochs([results[(config, s)]["distilled_best_epoch"] for s in done], params.distill)
     return {"test_images": len(y), "seeds": seeds, "classes": classes, "rows": rows}
+
+
+def _epochs(best_epochs: Sequence[int], section: TrainParams) -> dict[str, Any]:
+    """The 1-based best epoch of each seed's run, and which of them ran into `epochs` without converging."""
+    return {
+        "best_epoch_per_seed": [epoch + 1 for epoch in best_epochs],
+        "hit_max_per_seed": [section.hit_max(epoch) for epoch in best_epochs],
+        "max_epochs": section.epochs,
+        "patience": section.patience,
+    }
 
 
 def _row(
@@ -265,6 +292,7 @@ def markdown(summary: Mapping[str, Any]) -> str:
             continue
         diff = row.get("vs_plain_macro_f1")
         verdict = "baseline" if diff is None else Interval.from_dict(diff).verdict()
+        best = zip(row["best_epoch_per_seed"], row["hit_max_per_seed"], strict=True)
         table.append(
             {
                 "Configuration": row["label"],
@@ -275,8 +303,12 @@ def markdown(summary: Mapping[str, Any]) -> str:
                 if diff is None
                 else (f"{diff['value']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}]"),
                 "Verdict": verdict,
+                "Best epoch per seed": ", ".join(f"{epoch}{'*' if hit else ''}" for epoch, hit in best),
             }
         )
+    caps = {
+        f"{row['max_epochs']} epochs, patience {row['patience']}" for row in summary["rows"].values() if row["seeds"]
+    }
     return "\n".join(
         [
             "# HDKD ablation",
@@ -288,13 +320,16 @@ def markdown(summary: Mapping[str, Any]) -> str:
             "",
             pd.DataFrame(table).fillna("").to_markdown(index=False, disable_numparse=True),
             "",
+            f"Best epoch: of the checkpoint kept (best validation macro-F1; at most {' / '.join(sorted(caps))}). "
+            "`*`: the run trained its maximum of epochs without converging, so it may still have been improving.",
+            "",
         ]
     )
 
 
 def ablate(
     params: Params,
-    configs: Sequence[str] = tuple(CONFIGS),
+    configs: Sequence[str] = DEFAULT_CONFIGS,
     seeds: int = 3,
     first_seed: int = 1,
     jobs: int | None = None,
@@ -326,7 +361,7 @@ def ablate(
     failed = run_queue(root, jobs or len(os.sched_getaffinity(0)), log)
     if failed:
         log(f"ablation {batch}: {len(failed)} experiment(s) failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
-    summary = summarize(collect(params, tracking_uri, batch), configs, params.seed)
+    summary = summarize(collect(params, tracking_uri, batch), configs, params)
     summary |= {"batch": batch, "wall_seconds": round(time.perf_counter() - began, 1), "failed": failed}
     write_json(layout.reports / "ablation.json", summary)
     with atomic_path(layout.reports / "ablation.md") as tmp:

@@ -161,11 +161,11 @@ def build_model(kind: str, preset: str, num_classes: int = 7, **kwargs: Any) -> 
     kwargs.setdefault("img_size", p.img_size)
     if kind == "teacher":
         return HDKDTeacher(num_classes, p.teacher_depths, p.channels, **kwargs)
+    kwargs.setdefault("distilled", kind == "distilled")  # False for a student distilled by Hinton's KD
     return HDKDStudent(
         num_classes,
         p.student_depths,
         p.channels,
-        distilled=kind == "distilled",
         dflt_depth=p.dflt_depth,
         dim=p.dim,
         heads=p.heads,

@@ -30,6 +30,7 @@ class ModelMeta(TypedDict):
     img_size: int
     classes: list[str]
     predict_heads: NotRequired[str]  # HDKD only: "both" (mean of the heads) or "class"
+    distillation_token: NotRequired[bool]  # distilled only: False for Hinton's KD (the plain student network)
     epoch: NotRequired[int]  # best.pt only: the 0-based epoch it was saved at
     val_macro_f1: NotRequired[float]  # best.pt only: its validation score
 
@@ -110,7 +111,9 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def build_from_meta(meta: ModelMeta) -> nn.Module:
-    extra = {"predict_heads": meta["predict_heads"]} if "predict_heads" in meta else {}
+    extra: dict[str, Any] = {"predict_heads": meta["predict_heads"]} if "predict_heads" in meta else {}
+    if "distillation_token" in meta:
+        extra["distilled"] = meta["distillation_token"]
     return build_model(
         meta["kind"],
         meta["preset"],

@@ -1,7 +1,10 @@
-"""One training loop for the teacher, the plain student and the HDKD student.
+"""One training loop for the teacher, the plain student and the distilled student (HDKD or Hinton's KD).
 
-An HDKD step is one teacher forward (eval mode, no grad) and one student forward and backward;
+A distillation step is one teacher forward (eval mode, no grad) and one student forward and backward;
 both networks return their stage maps from the same pass that makes the logits.
+
+Convergence: a run trains at most `epochs` epochs and stops early once validation macro-F1 has not improved
+for `patience` epochs; `best.pt` is the best epoch's either way.
 
 Reproducibility: every epoch starts by seeding python, numpy and torch from `(seed, epoch)`,
 so the shuffle, the augmentation and dropout of an epoch depend on nothing else. A run resumed
@@ -42,7 +45,7 @@ from hdkd.training.checkpoint import (
     save_checkpoint,
 )
 from hdkd.training.distributed import SINGLE, World, all_reduce_sum, sync_buffers
-from hdkd.training.losses import HDKDLoss
+from hdkd.training.losses import HDKDLoss, HintonKDLoss
 from hdkd.training.metrics import classification_metrics
 
 SELECTION_METRIC = "macro_f1"  # imbalanced medical classes: accuracy would reward predicting `nv`
@@ -134,17 +137,26 @@ class Trainer:
         world: World = SINGLE,
         identity: dict[str, Any] | None = None,
     ):
+        self.distill_loss: HDKDLoss | HintonKDLoss | None = None
         if kind == "distilled":
             if teacher is None:
-                raise ValueError("HDKD distillation needs a trained teacher")
+                raise ValueError("distillation needs a trained teacher")
             if not isinstance(params, DistillParams):
-                raise TypeError("HDKD distillation needs DistillParams (alpha, temperature, ...)")
-            self.distill_loss: HDKDLoss | None = HDKDLoss(
-                params.alpha, params.temperature, params.kind, params.lambda_feat, params.beta, params.stages
+                raise TypeError("distillation needs DistillParams (alpha, temperature, ...)")
+            self.distill_loss = (
+                HintonKDLoss(params.alpha, params.temperature, params.kind)
+                if params.method == "vanilla_kd"
+                else HDKDLoss(
+                    params.alpha,
+                    params.temperature,
+                    params.kind,
+                    params.lambda_feat,
+                    params.beta,
+                    params.stages,
+                    params.kl_scale,
+                )
             )
             teacher = prepare_teacher(teacher)  # eval, no grad, BatchNorm folded, channels_last
-        else:
-            self.distill_loss = None
         self.kind, self.params, self.teacher, self.world = kind, params, teacher, world
         self.device = torch.device(device)
         # `net` is the network itself (saved, evaluated); `model` is what trains: DDP-wrapped when distributed.
@@ -179,7 +191,10 @@ class Trainer:
         with torch.no_grad():
             teacher_logits, teacher_features = self.teacher(images, return_features=True)
         student_logits, student_features = self.model(images, return_features=True)
-        loss, parts = self.distill_loss(student_logits, student_features, teacher_logits, teacher_features, labels)
+        if isinstance(self.distill_loss, HintonKDLoss):
+            loss, parts = self.distill_loss(student_logits, teacher_logits, labels)
+        else:
+            loss, parts = self.distill_loss(student_logits, student_features, teacher_logits, teacher_features, labels)
         return loss, _logits_for_prediction(student_logits), parts
 
     def step(
@@ -248,7 +263,7 @@ class Trainer:
         for key in {**self.identity, **saved}:
             if saved.get(key) != self.identity.get(key):
                 return _MISMATCH.get(key, f"differs in {key!r}")
-        if not strict and state["epoch"] + 1 >= self.params.epochs:
+        if not strict and self.params.stops_after(state["epoch"], state["best_epoch"]):
             # DVC reruns a finished stage only because something changed: train afresh.
             return "is from a finished run"
         if not self.best_path.is_file():
@@ -278,7 +293,8 @@ class Trainer:
         return state["epoch"] + 1, state["best_epoch"], state["best_score"], state["history"]
 
     def fit(self, train_loader: DataLoader, val_loader: DataLoader, resume: Resume = False) -> FitResult:
-        """Train every epoch not yet done; `resume` (see `Resume`) continues from `last.pt` if there is one."""
+        """Train until `params.epochs` or early stopping (`params.patience`); `resume` (see `Resume`) continues
+        from `last.pt` if there is one."""
         if self.teacher is not None:
             self.teacher.to(self.device)
         history: list[dict[str, float]] = []
@@ -291,6 +307,15 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_resume(history)
         for epoch in range(start, self.params.epochs):
+            # Early stopping, checked here so a resumed run that had converged trains nothing more. Every rank
+            # validates the same weights on the whole validation split, so all of them stop together.
+            if epoch > 0 and self.params.converged(epoch - 1, best_epoch):
+                if self.progress:
+                    print(
+                        f"{self.kind}: stopped after epoch {epoch}/{self.params.epochs}: no better validation "
+                        f"macro-F1 for {self.params.patience} epochs (best {best_score:.3f} at epoch {best_epoch + 1})"
+                    )
+                break
             # Ranks differ in augmentation; DistributedSampler shards the shuffled epoch.
             seed_everything(self.seed * 1000 + epoch + 7919 * self.world.rank)
             if isinstance(train_loader.sampler, DistributedSampler):

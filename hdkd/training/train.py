@@ -51,7 +51,9 @@ def model_meta(params: Params, kind: str, classes: Sequence[str]) -> ModelMeta:
         "img_size": params.data.image_size,
         "classes": list(classes),
     }
-    if kind == "distilled":
+    if kind == "distilled" and params.distill.method == "vanilla_kd":
+        meta["distillation_token"] = False  # Hinton's KD trains the plain student network
+    elif kind == "distilled":
         # With alpha 0 the distillation head gets no gradient: predict with the class head alone.
         meta["predict_heads"] = "class" if params.distill.alpha == 0 else "both"
     return meta
@@ -201,6 +203,7 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
         )
         return {}
     section = NETWORKS[kind].section
+    section_params = train_params_for(params, kind)
     with stage_run(params, f"train_{kind}", manifest=layout.balanced / "manifest.csv", kind=kind) as run:
         mlflow.log_params(flat_params(params, (section, "model", "data", "balance")))
         result = train(
@@ -224,6 +227,10 @@ def train_stage(params: Params, kind: str, layout: Layout = REPO, progress: bool
         summary = {
             "best_epoch": result.best_epoch + 1,
             "epochs": len(result.history),
+            "max_epochs": section_params.epochs,
+            "patience": section_params.patience,
+            # Stopped by the cap, not by early stopping: the network may still have been improving.
+            "hit_max_epochs": section_params.hit_max(result.best_epoch),
             **{key: best[key] for key in best if key.startswith("val_")},
         }
         write_json(layout.stage_summary(kind), summary)

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from hdkd.evaluation.ablation import AblationError, plan
+from hdkd.config import Params, TrainParams
+from hdkd.evaluation.ablation import AblationError, markdown, plan, summarize
 from hdkd.tracking import use_store
 from tests import data_layouts as layouts
 from tests.repo import make_repo, run
@@ -22,6 +24,38 @@ def test_plan_always_includes_the_baseline_and_names_experiments_uniquely():
         plan(["nope"], 1, 1, "abl-x")
 
 
+def test_the_table_has_a_vanilla_kd_row_with_best_epochs_and_runs_that_hit_their_maximum():
+    rng = np.random.default_rng(0)
+    labels = np.array(["a", "b", "c"] * 20)
+
+    def predictions(accuracy: float) -> np.ndarray:
+        return np.where(rng.random(len(labels)) < accuracy, labels, "a")
+
+    caps = TrainParams(epochs=30, patience=5)
+    params = Params(student=caps, distill={**caps.model_dump(), "epochs": 40})
+    # 0-based best epochs: with patience 5 a run whose best came at epoch 25 of 30 trained to its end.
+    results = {
+        (config, seed): {
+            "labels": labels,
+            "student": predictions(0.6),
+            "distilled": predictions(accuracy),
+            "student_best_epoch": 25 if seed == 1 else 11,
+            "distilled_best_epoch": best,
+        }
+        for config, accuracy, best in (("hdkd", 0.6, 12), ("vanilla_kd", 0.9, 36))
+        for seed in (1, 2)
+    }
+    summary = summarize(results, ["vanilla_kd"], params)
+    vanilla = summary["rows"]["vanilla_kd"]
+    assert (vanilla["seeds"], vanilla["best_epoch_per_seed"], vanilla["hit_max_per_seed"]) == (2, [37, 37], [True] * 2)
+    assert summary["rows"]["plain"]["hit_max_per_seed"] == [True, False]
+    assert summary["rows"]["hdkd"]["hit_max_per_seed"] == [False, False]
+    lines = [line for line in markdown(summary).splitlines() if line.startswith("|")]
+    cells = {row[1]: row for row in ([c.strip() for c in line.split("|")] for line in lines)}
+    assert cells["Vanilla KD (Hinton), plain student network"][-3:-1] == ["better", "37*, 37*"]
+    assert cells["Plain student (no KD)"][-3:-1] == ["baseline", "26*, 12"]
+
+
 @pytest.mark.slow
 def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path):
     """Also the newcomer's journey: an image folder with arbitrary class names and the default balance,
@@ -30,13 +64,13 @@ def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path)
     images = layouts.imagefolder(tmp_path / "images", classes)
     own_data = {"data": {"source": "imagefolder", "path": str(images)}, "tune": {"enabled": False}}
     repo = make_repo(tmp_path / "repo", own_data)
-    configs = ["--configs", "hdkd,feature_only,hard", "--jobs", "2"]  # two DVC queue workers at once
+    configs = ["--configs", "hdkd,feature_only,vanilla_kd", "--jobs", "2"]  # two DVC queue workers at once
     result = run(["hdkd", "ablate", "--seeds", "1", *configs], repo, timeout=1500)
     summary = json.loads((repo / "reports" / "ablation.json").read_text())
     assert summary["failed"] == []
     rows = summary["rows"]
-    assert set(rows) == {"plain", "hdkd", "feature_only", "hard"}
-    for name in ("hdkd", "feature_only", "hard"):
+    assert set(rows) == {"plain", "hdkd", "feature_only", "vanilla_kd"}
+    for name in ("hdkd", "feature_only", "vanilla_kd"):
         assert rows[name]["seeds"] == 1
         diff = rows[name]["vs_plain_macro_f1"]
         assert diff["low"] <= diff["value"] <= diff["high"]
@@ -53,12 +87,12 @@ def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path)
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ablation.batch` = '{summary['batch']}'")
     configs = {(r.data.tags["stage"], r.data.tags["ablation.config"]) for r in runs}
     # The distilled student trained once per configuration; the teacher was trained before, not per experiment.
-    for config in ("hdkd", "feature_only", "hard"):
+    for config in ("hdkd", "feature_only", "vanilla_kd"):
         assert {("train_distilled", config), ("evaluate", config)} <= configs
     assert not [r for r in runs if r.data.tags["stage"] == "train_teacher"]
     # The first two ran at once, each training the plain student; the third started after one of them had
     # finished, and took the plain student from DVC's run cache.
-    assert ("train_student", "hard") not in configs
+    assert ("train_student", "vanilla_kd") not in configs
     assert summary["classes"] == sorted(classes)
 
     run(["dvc", "repro"], repo)  # compile and register on the same own data

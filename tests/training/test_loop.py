@@ -161,3 +161,61 @@ trainer.fit(toy_loader(48, 3), toy_loader(24, 3, seed=1, shuffle=False))
     assert "\r" not in output
     epochs = [line for line in output.splitlines() if line.startswith("student epoch ")]
     assert [line.split(":")[0] for line in epochs] == [f"student epoch {i}/3" for i in (1, 2, 3)]
+
+
+def scripted_validation(monkeypatch, curve):
+    """Validation macro-F1 read from `curve`, one value per epoch, instead of measured (the training is real)."""
+    scores = iter(curve)
+
+    def validation_metrics(*_):
+        score = next(scores)
+        return {"accuracy": score, "macro_f1": score}
+
+    monkeypatch.setattr("hdkd.training.loop.validation_metrics", validation_metrics)
+
+
+def test_early_stopping_ends_patience_epochs_after_the_best_on_a_scripted_curve(monkeypatch, toy_loaders, tmp_path):
+    # Best at epoch 2 (1-based); epoch 4 only ties it, which is no improvement; patience 3 ends the run after
+    # epoch 5, so the 0.9 of epoch 7 is never seen.
+    scripted_validation(monkeypatch, [0.2, 0.5, 0.4, 0.5, 0.45, 0.3, 0.9, 0.9, 0.9, 0.9])
+    params = FAST.model_copy(update={"epochs": 10, "patience": 3})
+    result = make_trainer("student", tmp_path, params).fit(*toy_loaders)
+    assert len(result.history) == 5
+    assert (result.best_epoch, result.best_score) == (1, 0.5)
+    assert load_checkpoint(result.best_path)["meta"]["epoch"] == 1
+    assert not params.hit_max(result.best_epoch)
+
+    # Resuming a run that converged trains nothing more.
+    scripted_validation(monkeypatch, [])
+    resumed = make_trainer("student", tmp_path, params).fit(*toy_loaders, resume=True)
+    assert len(resumed.history) == 5
+
+
+def test_a_run_still_improving_at_its_maximum_is_said_to_have_hit_it(monkeypatch, toy_loaders, tmp_path):
+    scripted_validation(monkeypatch, [0.1, 0.2, 0.3, 0.4])
+    params = FAST.model_copy(update={"epochs": 4, "patience": 2})
+    result = make_trainer("student", tmp_path, params).fit(*toy_loaders)
+    assert len(result.history) == 4 and result.best_epoch == 3
+    assert params.hit_max(result.best_epoch)
+    assert FAST.hit_max(0)  # without a patience every run trains all its epochs
+
+
+def test_vanilla_kd_trains_the_plain_student_network_with_hintons_loss(trained_teacher, toy_loaders, tmp_path):
+    from hdkd.config import Params
+    from hdkd.training.checkpoint import build_from_meta, load_trained
+    from hdkd.training.losses import HintonKDLoss
+    from hdkd.training.train import model_meta
+
+    teacher, _ = trained_teacher
+    params = Params(distill=DistillParams(**FAST.model_dump(), method="vanilla_kd"))
+    meta = model_meta(params, "distilled", CLASSES)
+    model = build_from_meta(meta)
+    assert model.head_dist is None  # no distillation token or head: the plain student's network
+    trainer = Trainer(
+        model, "distilled", params.distill, tmp_path, 7, CLASSES, teacher=teacher, meta=meta, progress=False
+    )
+    assert isinstance(trainer.distill_loss, HintonKDLoss)
+    result = trainer.fit(*toy_loaders)
+    assert result.best_score > 0.5
+    reloaded, reloaded_meta = load_trained(result.best_path)
+    assert reloaded.head_dist is None and reloaded_meta["distillation_token"] is False

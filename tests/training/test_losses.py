@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hdkd.training.losses import HDKDLoss, feature_distillation_loss, logit_distillation_loss
+from hdkd.training.losses import HDKDLoss, HintonKDLoss, feature_distillation_loss, logit_distillation_loss
 
 
 def test_soft_kd_matches_the_deit_formula():
@@ -60,3 +62,35 @@ def test_total_loss_adds_weighted_feature_term():
     total, parts = loss(logits, sf, teacher_logits, tf, labels)
     assert parts["loss_feat"].item() == pytest.approx(1.0)
     assert total.item() == pytest.approx(parts["loss_logit"].item() + 10.0)
+
+
+def test_vanilla_kd_loss_against_a_hand_computed_value():
+    """Two images, two classes. Student logits 0 (probabilities 1/2, 1/2); teacher logits (ln 3, 0) on the first
+    image and 0 on the second. At T = 2 the teacher's first row is softmax(ln 3 / 2, 0) = (s / (s + 1), 1 / (s + 1))
+    with s = sqrt(3); its second row equals the student's, so its KL is 0. Batch-mean KL times T^2, mixed 50/50 with
+    the cross-entropy ln 2 of every image."""
+    student = torch.zeros(2, 2)
+    teacher = torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    s = math.sqrt(3.0)
+    p, q = s / (s + 1), 1 / (s + 1)
+    kl_first = p * math.log(p / 0.5) + q * math.log(q / 0.5)  # 0.0364...
+    expected = 0.5 * math.log(2.0) + 0.5 * 2.0**2 * (kl_first + 0.0) / 2
+    total, parts = HintonKDLoss(alpha=0.5, temperature=2.0)(student, teacher, labels)
+    assert total.item() == pytest.approx(expected, abs=1e-6)
+    assert total.item() == pytest.approx(0.382914, abs=1e-5)  # the same number, written out
+    assert parts["loss_logit"].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_hdkd_kl_per_logit_is_hinton_per_image_over_the_classes():
+    torch.manual_seed(2)
+    cls, teacher = torch.randn(4, 5), torch.randn(4, 5)
+    labels = torch.tensor([0, 1, 2, 3])
+    kd_only = {"alpha": 1.0, "temperature": 3.0}
+    deit = logit_distillation_loss(cls, cls, teacher, labels, **kd_only)
+    hinton = logit_distillation_loss(cls, cls, teacher, labels, **kd_only, kl_scale="per_image")
+    assert hinton.item() == pytest.approx(5 * deit.item(), rel=1e-5)
+    batchmean = F.kl_div(
+        F.log_softmax(cls / 3, 1), F.log_softmax(teacher / 3, 1), reduction="batchmean", log_target=True
+    )
+    assert hinton.item() == pytest.approx(9 * batchmean.item(), rel=1e-5)
