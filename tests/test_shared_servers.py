@@ -290,10 +290,15 @@ def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_c
         assert not {"mlruns", "mlartifacts", "mlflow.db"} & {path.name for path in folder.iterdir()}, folder
 
 
-def get_status(url: str, auth: str | None = None) -> int:
-    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+def http_status(url: str, auth: str | None = None, payload: dict | None = None) -> int:
+    """The status of a GET (a POST with `payload`) sent with Basic `auth` ("user:password") or none."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -311,10 +316,10 @@ def hdkd(args: list[str], cwd: Path, server: MlflowServer, **extra: str) -> subp
 def test_anonymous_and_wrong_password_clients_get_401_told_in_one_line(tracked):
     server, repo = tracked.server, tracked.repo
     search = f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=5"
-    assert get_status(search) == 401
-    assert get_status(search, f"{READER}:not-{SECRET}") == 401
-    assert get_status(search, f"{READER}:{PASSWORDS[READER]}") == 200
-    assert get_status(f"{server.uri}/health") == 200  # what `check_server` and load balancers probe
+    assert http_status(search) == 401
+    assert http_status(search, f"{READER}:not-{SECRET}") == 401
+    assert http_status(search, f"{READER}:{PASSWORDS[READER]}") == 200
+    assert http_status(f"{server.uri}/health") == 200  # what `check_server` and load balancers probe
 
     anonymous = one_error_line(hdkd(["promote", STUDENT, "1"], repo, server))
     assert f"MLflow server {server.uri} asks who is calling (401 Unauthorized)" in anonymous
@@ -329,13 +334,20 @@ def test_a_reader_cannot_move_champion_and_a_maintainer_promotes_as_the_server_k
     client = client_for(server)
     with credentials(SERVICE, PASSWORDS[SERVICE]):  # a second version, as a pipeline run registers one
         first = client.get_model_version(STUDENT, "1")
-        copy = client.create_model_version(STUDENT, first.source, first.run_id, first.tags, model_id=first.model_id)
+        logged = first.source.removeprefix("models:/")  # the logged model the version was registered from
+        copy = client.create_model_version(STUDENT, first.source, first.run_id, first.tags, model_id=logged)
         second = copy.version
 
     spoofed = {"USER": "mallory", "LOGNAME": "mallory"}  # what the local environment claims, ignored
     refused = one_error_line(hdkd(["promote", STUDENT, second], repo, server, **as_user(READER), **spoofed))
     assert f"refused to let user '{READER}' move @champion of {STUDENT} (403 Permission denied)" in refused
     assert f"needs EDIT permission on registered model '{STUDENT}'" in refused
+    # The MLflow UI's own route (the pencil beside Aliases) meets the same check on the server.
+    alias = {"name": STUDENT, "alias": "champion", "version": second}
+    assert (
+        http_status(f"{server.uri}/ajax-api/2.0/mlflow/registered-models/alias", f"{READER}:{PASSWORDS[READER]}", alias)
+        == 403
+    )
     with credentials(READER, PASSWORDS[READER]):
         assert client.get_model_version_by_alias(STUDENT, "champion").version == "1"
 
@@ -427,9 +439,9 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
         except (TimeoutError, RuntimeError) as error:
             raise AssertionError(f"{error}\n{tail(tmp_path / 'server.log')}") from None
         # Outsiders: no auth string, a wrong one (raw API and Prefect's own CLI); /health stays open for probes.
-        assert get_status(f"{api}/deployments/name/hdkd/full") == 401
-        assert get_status(f"{api}/deployments/name/hdkd/full", f"hdkd:not-{SECRET}") == 401
-        assert get_status(f"{api}/health") == 200
+        assert http_status(f"{api}/deployments/name/hdkd/full") == 401
+        assert http_status(f"{api}/deployments/name/hdkd/full", f"hdkd:not-{SECRET}") == 401
+        assert http_status(f"{api}/health") == 200
         anonymous = {**server_env, "PREFECT_API_AUTH_STRING": ""}
         for outsider in (anonymous, {**server_env, "PREFECT_API_AUTH_STRING": f"hdkd:not-{SECRET}"}):
             refused = run([prefect, "work-pool", "ls"], tracked.repo, check=False, extra_env=outsider)
