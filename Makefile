@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands run `python` from PATH: the venv comes first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup test test-fast lint deps run serve gpu-check clean postgres
+.PHONY: setup test test-fast lint deps run serve mlflow-ui optuna-dashboard serve-model gpu-check clean postgres
 
 setup: $(VENV)/.installed
 
@@ -13,7 +13,7 @@ VENV_PATH_HOOK := import os, sys; os.environ["PATH"] = os.pathsep.join(dict.from
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,team]'
 	@# The venv's own tools (.venv/bin/dvc, .venv/bin/mlflow, ...) put the venv first on PATH for what they start:
 	@# DVC's stages run `python` and `mlflow models serve` runs `uvicorn` from PATH, even without `activate`.
 	printf '%s\n' '$(VENV_PATH_HOOK)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/hdkd_venv_path.pth"
@@ -49,9 +49,27 @@ run: setup
 	$(BIN)/dvc repro
 	$(BIN)/hdkd summary
 
-# A local Prefect server on 127.0.0.1 plus the served deployment hdkd/full (Ctrl-C stops both).
+# Every server below binds $(BIND), 127.0.0.1 unless told otherwise (`make serve BIND=0.0.0.0`); another
+# address without authentication prints a warning saying what anyone who reaches it could do.
+BIND ?= 127.0.0.1
+
+# A Prefect server plus the served deployments hdkd/full and hdkd/ablation (Ctrl-C stops both). With
+# PREFECT_SERVER_API_AUTH_STRING=user:password set, it refuses API clients without that string.
 serve: setup
-	$(BIN)/python -m flows.local
+	PREFECT_SERVER_API_HOST=$(BIND) $(BIN)/python -m flows.local
+
+# The MLflow UI on the local store, optuna-dashboard on the local studies, the champion as an HTTP model server.
+mlflow-ui: setup
+	@$(BIN)/python -m hdkd.servers $(BIND) mlflow-ui
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db -h $(BIND) -p 5000 -w 1
+
+optuna-dashboard: setup
+	@$(BIN)/python -m hdkd.servers $(BIND) optuna-dashboard
+	$(BIN)/optuna-dashboard sqlite:///optuna.db --host $(BIND) --port 8080
+
+serve-model: setup
+	@$(BIN)/python -m hdkd.servers $(BIND) model-server
+	$(BIN)/mlflow models serve -m models:/hdkd-student@champion --env-manager local -h $(BIND) -p 5001
 
 # On a CUDA machine: the tensorrt extra, fp32/fp16 engines with parity (the `gpu` tests) and the latency
 # table against eager CUDA and ONNX Runtime. Elsewhere it stops at once, naming what is missing.

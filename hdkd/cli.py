@@ -5,6 +5,7 @@ stop with one line naming the root, and create nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -163,6 +164,38 @@ def promote(
         if paragraph:
             typer.echo(paragraph)
     console.print(result["message"])
+
+
+@app.command("team-mlflow")
+def team_mlflow(
+    team: Annotated[Path, typer.Argument(help="folder with team.yaml (roles) and passwords/<user> (chmod 600)")],
+    backend_store_uri: Annotated[
+        str,
+        typer.Option(envvar="MLFLOW_BACKEND_STORE_URI", help="runs, registry and users, e.g. postgresql+psycopg://..."),
+    ],
+    artifacts_destination: Annotated[
+        str,
+        typer.Option(
+            envvar="MLFLOW_ARTIFACTS_DESTINATION", help="where the server stores artifacts (s3://..., a folder)"
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="address to bind; another than 127.0.0.1 needs --allowed-hosts")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 5000,
+    allowed_hosts: Annotated[
+        str | None, typer.Option(help="MLflow's Host-header allow-list, e.g. mlflow.lan:5000")
+    ] = None,
+) -> None:
+    """The team's MLflow server with MLflow's basic-auth app: users and roles from TEAM, Ctrl-C stops it."""
+    from hdkd.servers import team_mlflow as start
+
+    with start(team, backend_store_uri, artifacts_destination, host, port, allowed_hosts) as running:
+        console.print(f"MLflow with basic auth: {running.uri} (users in its database)")
+        for line in running.users:
+            console.print(f"  {line}")
+        with contextlib.suppress(KeyboardInterrupt):
+            running.process.wait()
 
 
 @app.command()

@@ -11,8 +11,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from hdkd.config import Params
 from hdkd.errors import HDKDError
@@ -42,8 +44,53 @@ class TrackingError(HDKDError, RuntimeError):
 
 
 def tracking_uri(params: Params) -> str:
-    """`MLFLOW_TRACKING_URI` wins over `mlflow.tracking_uri`, as everywhere else in MLflow."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    """`MLFLOW_TRACKING_URI` wins over `mlflow.tracking_uri`, as everywhere else in MLflow.
+
+    Credentials come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD only: a URI carrying them
+    (`http://user:pass@host`) would put them in params.yaml, in git and in every message naming the URI."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = from_env or params.mlflow.tracking_uri
+    if urlsplit(uri).password is not None:
+        where = "MLFLOW_TRACKING_URI" if from_env else "params.yaml: mlflow.tracking_uri"
+        raise TrackingError(
+            f"{where} holds a password; remove `user:password@` from it and set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD instead (in the environment, never in params.yaml)"
+        )
+    return uri
+
+
+def refusal(error: MlflowException, uri: str, action: str, needs: str, user: str | None = None) -> TrackingError | None:
+    """One line for a request the server refused: 401 (who is calling?) or 403 (`user` may not `action`:
+    it `needs` a permission); None for any other error. The password is never part of it."""
+    status = error.get_http_status_code()
+    user = user or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401 and user:
+        return TrackingError(
+            f"MLflow server {uri} did not accept the password of user {user!r} (401 Unauthorized): check "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    if status == 401:
+        return TrackingError(
+            f"MLflow server {uri} asks who is calling (401 Unauthorized): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to your account on it (the pipeline's stages: the service user's)"
+        )
+    if status == 403:
+        return TrackingError(
+            f"MLflow server {uri} refused to let user {user!r} {action} (403 Permission denied): that needs "
+            f"{needs}; ask the server's admin for it"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def refusals_explained(uri: str, action: str, needs: str, user: str | None = None) -> Iterator[None]:
+    """MLflow's 401 and 403 inside the block as one line (`refusal`); other errors pass unchanged."""
+    try:
+        yield
+    except MlflowException as error:
+        if (explained := refusal(error, uri, action, needs, user)) is None:
+            raise
+        raise explained from None
 
 
 def check_server(uri: str) -> None:
@@ -82,9 +129,11 @@ def setup_tracking(params: Params) -> str:
     uri = tracking_uri(params)
     check_server(uri)
     use_store(uri)
-    experiment = mlflow.set_experiment(params.mlflow.experiment)
-    if NOTE not in experiment.tags:  # the description the MLflow UI shows on the experiment page
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE, EXPERIMENT_DESCRIPTION)
+    name = params.mlflow.experiment
+    with refusals_explained(uri, f"use experiment {name!r}", f"EDIT permission on experiment {name!r}"):
+        experiment = mlflow.set_experiment(name)
+        if NOTE not in experiment.tags:  # the description the MLflow UI shows on the experiment page
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, NOTE, EXPERIMENT_DESCRIPTION)
     return uri
 
 
@@ -102,7 +151,7 @@ def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **
     data manifest hash, pid and host.
 
     Runs of the same stage that a killed process left RUNNING are marked KILLED first (`close_stale_runs`)."""
-    setup_tracking(params)
+    uri = setup_tracking(params)
     run_tags = {"stage": stage, **tags}
     if params.ablation.batch is not None:  # a run of `hdkd ablate`: line it up in MLflow's compare view
         run_tags |= {"ablation.batch": params.ablation.batch, "ablation.config": str(params.ablation.config)}
@@ -116,7 +165,11 @@ def stage_run(params: Params, stage: str, manifest: str | Path | None = None, **
     if (experiment := mlflow.get_experiment_by_name(params.mlflow.experiment)) is not None:
         close_stale_runs(experiment.experiment_id, stage)
     run_tags |= {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    with mlflow.start_run(run_name=stage, tags=run_tags) as run:
+    experiment_name = params.mlflow.experiment
+    needs = f"EDIT permission on experiment {experiment_name!r} (run the pipeline as the service user)"
+    with refusals_explained(uri, f"log a run to experiment {experiment_name!r}", needs):
+        run = mlflow.start_run(run_name=stage, tags=run_tags)
+    with run:
         yield run
 
 

@@ -1,9 +1,13 @@
-"""Issue 15, working as a team: one shared MLflow server (PostgreSQL store, proxied artifacts), a DVC remote
-round trip into a second clone, a Prefect work pool served by a real worker that runs queued flow runs one at a
-time, and no stale state (RUNNING MLflow runs, temporary folders) left behind by a SIGKILLed stage.
+"""Issues 15 and 26, working as a team: one shared MLflow server (PostgreSQL store, proxied artifacts) that asks
+who is calling (MLflow's basic-auth app, started by `hdkd.servers.team_mlflow`), a DVC remote round trip into a
+second clone, a Prefect work pool behind an API auth string served by a real worker that runs queued flow runs
+one at a time, and no stale state (RUNNING MLflow runs, temporary folders) left behind by a SIGKILLed stage.
+
+Outsiders are refused: an anonymous request, a wrong password, a reader moving @champion, a Prefect client
+without the auth string. No password turns up in MLflow, the logs, the reports or the DVC files.
 
 Real servers on 127.0.0.1, real processes and signals; the expensive part (one tiny `dvc repro` against the
-MLflow server) is a module fixture shared by the slow tests.
+MLflow server, as the pipeline's service user) is a module fixture shared by the slow tests.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ import yaml
 
 from flows.local import prefect_env
 from hdkd.files import atomic_dir, remove_stale_temps
+from hdkd.servers import LOOPBACK, credentials, team_mlflow
 from tests.helpers import free_port, wait_http
 from tests.pg import postgres_server
 from tests.repo import REPO, VENV_BIN, env, kill_group, make_repo, run, start_group
@@ -36,6 +43,12 @@ ONE_THREAD = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # this checkout'
 # Tune off and ONNX only: the chain exercises every stage and the registry in about a minute.
 FAST = {"tune": {"enabled": False}, "compile": {"targets": ["onnx"], "latency_repeats": 3}}
 STUDENT = "hdkd-student"
+
+# Every password of the module holds SECRET: the leak check looks for it (and for the Basic headers) everywhere.
+SECRET = f"Sesame{secrets.token_hex(6)}"
+SERVICE, MAINTAINER, READER = "hdkd-pipeline", "maya", "rita"
+PASSWORDS = {name: f"{name}-{SECRET}" for name in ("admin", SERVICE, MAINTAINER, READER)}
+PREFECT_AUTH = f"hdkd:prefect-{SECRET}"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -72,6 +85,32 @@ def tail(path: Path, chars: int = 4000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
 
 
+def as_user(name: str, password: str | None = None) -> dict[str, str]:
+    """The environment of a client that logs in as `name` (MLflow's standard credential variables)."""
+    return {"MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password or PASSWORDS[name]}
+
+
+def secret_forms() -> list[bytes]:
+    """The shared part of every password, and every Basic authorization header a client of the module sent."""
+    pairs = [f"{name}:{password}" for name, password in PASSWORDS.items()] + [PREFECT_AUTH]
+    return [SECRET.encode()] + [base64.b64encode(pair.encode()) for pair in pairs]
+
+
+def assert_no_secret(text: str | bytes, where: str) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    leaked = [form.decode() for form in secret_forms() if form in data]
+    assert not leaked, f"a credential in {where}"
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The single `error: ...` line a refused `hdkd` command ends with: no traceback, no password."""
+    said = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in said, said[-3000:]
+    (line,) = [text for text in said.splitlines() if text.startswith("error:")]
+    assert_no_secret(said, "an error message")
+    return line
+
+
 @dataclass(frozen=True)
 class MlflowServer:
     uri: str
@@ -90,23 +129,39 @@ class Tracked:
 # -- 1. one MLflow server for everyone ---------------------------------------------------------------
 
 
+def write_team(folder: Path) -> Path:
+    """The team folder `hdkd team-mlflow` reads: roles in team.yaml, one owner-only password file per user."""
+    team = {"service": SERVICE, "maintainers": [MAINTAINER], "readers": [READER]}
+    (folder / "team.yaml").write_text(yaml.safe_dump(team))
+    (folder / "passwords").mkdir(mode=0o700)
+    for name, password in PASSWORDS.items():
+        (folder / "passwords" / name).write_text(password + "\n")
+        (folder / "passwords" / name).chmod(0o600)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
-    """`mlflow server` on a PostgreSQL store, uploads and downloads through its artifact proxy."""
+    """The team's MLflow server as the project starts it: basic auth, users in the PostgreSQL store, uploads
+    and downloads through its artifact proxy."""
     root = tmp_path_factory.mktemp("mlflow-server")
     artifacts, log = root / "artifacts", root / "server.log"
-    with postgres_server("mlflow") as database:
-        port = free_port()
-        command = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", database]
-        command += ["--artifacts-destination", str(artifacts), "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-        server_env = {**env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with background(command, log, cwd=root, env=server_env) as server:
-            uri = f"http://127.0.0.1:{port}"
-            try:
-                wait_http(f"{uri}/health", 180, server)
-            except (TimeoutError, RuntimeError) as error:
-                raise AssertionError(f"{error}\n{tail(log)}") from None
-            yield MlflowServer(uri, artifacts, log)
+    team = write_team(tmp_path_factory.mktemp("team"))
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(postgres_server("mlflow"))
+        output = stack.enter_context(open(log, "wb"))
+        try:
+            running = stack.enter_context(
+                team_mlflow(team, database, str(artifacts), LOOPBACK, free_port(), None, output)
+            )
+        except (TimeoutError, RuntimeError) as error:
+            raise AssertionError(f"{error}\n{tail(log)}") from None
+        assert running.users == [
+            f"{SERVICE}: service (EDIT on every experiment, EDIT on every registered_model)",
+            f"{MAINTAINER}: maintainer (MANAGE on every registered_model)",
+            f"{READER}: reader (READ (the default))",
+        ]
+        yield MlflowServer(running.uri, artifacts, log)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +172,9 @@ def tracked(mlflow_server, tmp_path_factory) -> Tracked:
     remote = tmp_path_factory.mktemp("dvc-remote")
     run(["dvc", "remote", "add", "-d", "storage", str(remote)], repo)
     began = time.monotonic()
-    done = run(["dvc", "repro"], repo, timeout=900, extra_env={"MLFLOW_TRACKING_URI": mlflow_server.uri})
+    # Every stage, the register stage included, as the service user.
+    pipeline_env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, **as_user(SERVICE)}
+    done = run(["dvc", "repro"], repo, timeout=900, extra_env=pipeline_env)
     print(f"dvc repro against the MLflow server: {time.monotonic() - began:.0f} s")
     run(["dvc", "push"], repo, timeout=300)
     run(["git", "add", "-A"], repo)
@@ -151,6 +208,8 @@ def post(url: str, payload: dict) -> dict:
 @pytest.mark.timeout(900)
 def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_champion(tracked, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever MLflow's client defaults to (./mlflow.db) stays out of the checkout
+    for name, value in as_user(READER).items():  # a reader reads it all (the server's default permission)
+        monkeypatch.setenv(name, value)
     import mlflow
     from mlflow.artifacts import download_artifacts
 
@@ -199,7 +258,7 @@ def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_c
     said = run(
         [str(VENV_BIN / "hdkd"), "predict", *map(str, pictures), "--json"],
         elsewhere,
-        extra_env={"MLFLOW_TRACKING_URI": server.uri},
+        extra_env={"MLFLOW_TRACKING_URI": server.uri, **as_user(READER)},
         timeout=300,
     )
     predicted = predictions(said.stdout)
@@ -211,7 +270,7 @@ def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_c
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", f"models:/{STUDENT}@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     # MLflow 3.17's CLI resolves `models:/` through MLFLOW_REGISTRY_URI (a local sqlite store without it).
-    serve_env = {**env(), "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_REGISTRY_URI": server.uri}
+    serve_env = {**env(), "MLFLOW_TRACKING_URI": server.uri, "MLFLOW_REGISTRY_URI": server.uri, **as_user(READER)}
     serve_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     log = tmp_path / "serve.log"
     with background(command, log, cwd=elsewhere, env=serve_env) as serving:
@@ -229,6 +288,75 @@ def test_shared_mlflow_server_holds_every_run_model_and_version_and_serves_the_c
     # Nothing was written to the client's disk outside the server's artifact destination.
     for folder in (repo, elsewhere):
         assert not {"mlruns", "mlartifacts", "mlflow.db"} & {path.name for path in folder.iterdir()}, folder
+
+
+def http_status(url: str, auth: str | None = None, payload: dict | None = None) -> int:
+    """The status of a GET (a POST with `payload`) sent with Basic `auth` ("user:password") or none."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def hdkd(args: list[str], cwd: Path, server: MlflowServer, **extra: str) -> subprocess.CompletedProcess:
+    """`hdkd ...` as a separate client of the server, with only the credentials in `extra`."""
+    return run(
+        [str(VENV_BIN / "hdkd"), *args], cwd, check=False, extra_env={"MLFLOW_TRACKING_URI": server.uri, **extra}
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_anonymous_and_wrong_password_clients_get_401_told_in_one_line(tracked):
+    server, repo = tracked.server, tracked.repo
+    search = f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=5"
+    assert http_status(search) == 401
+    assert http_status(search, f"{READER}:not-{SECRET}") == 401
+    assert http_status(search, f"{READER}:{PASSWORDS[READER]}") == 200
+    assert http_status(f"{server.uri}/health") == 200  # what `check_server` and load balancers probe
+
+    anonymous = one_error_line(hdkd(["promote", STUDENT, "1"], repo, server))
+    assert f"MLflow server {server.uri} asks who is calling (401 Unauthorized)" in anonymous
+    wrong = one_error_line(hdkd(["promote", STUDENT, "1"], repo, server, **as_user(SERVICE, f"not-{SECRET}")))
+    assert f"did not accept the password of user '{SERVICE}' (401 Unauthorized)" in wrong
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_reader_cannot_move_champion_and_a_maintainer_promotes_as_the_server_knows_them(tracked, monkeypatch):
+    server, repo = tracked.server, tracked.repo
+    client = client_for(server)
+    with credentials(SERVICE, PASSWORDS[SERVICE]):  # a second version, as a pipeline run registers one
+        first = client.get_model_version(STUDENT, "1")
+        logged = first.source.removeprefix("models:/")  # the logged model the version was registered from
+        copy = client.create_model_version(STUDENT, first.source, first.run_id, first.tags, model_id=logged)
+        second = copy.version
+
+    spoofed = {"USER": "mallory", "LOGNAME": "mallory"}  # what the local environment claims, ignored
+    refused = one_error_line(hdkd(["promote", STUDENT, second], repo, server, **as_user(READER), **spoofed))
+    assert f"refused to let user '{READER}' move @champion of {STUDENT} (403 Permission denied)" in refused
+    assert f"needs EDIT permission on registered model '{STUDENT}'" in refused
+    # The MLflow UI's own route (the pencil beside Aliases) meets the same check on the server.
+    alias = {"name": STUDENT, "alias": "champion", "version": second}
+    assert (
+        http_status(f"{server.uri}/ajax-api/2.0/mlflow/registered-models/alias", f"{READER}:{PASSWORDS[READER]}", alias)
+        == 403
+    )
+    with credentials(READER, PASSWORDS[READER]):
+        assert client.get_model_version_by_alias(STUDENT, "champion").version == "1"
+
+    promoted = hdkd(["promote", STUDENT, second], repo, server, **as_user(MAINTAINER), **spoofed)
+    assert promoted.returncode == 0 and f"{STUDENT} version {second} is now @champion" in promoted.stdout, promoted
+    with credentials(READER, PASSWORDS[READER]):
+        champion = client.get_model_version_by_alias(STUDENT, "champion")
+    assert champion.version == second and champion.tags["promoted_by"] == MAINTAINER
+    assert champion.tags["previous_champion"] == "1"
 
 
 # -- 2. a DVC remote: push here, pull in a second clone --------------------------------------------
@@ -275,9 +403,11 @@ def test_dvc_remote_round_trip_gives_a_second_clone_the_same_pipeline_state(trac
 
 def prefect_api(api: str, path: str, payload: dict | None = None):
     data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(
-        f"{api}{path}", data=data, headers={"Content-Type": "application/json"}, method="POST" if data else "GET"
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Basic {base64.b64encode(PREFECT_AUTH.encode()).decode()}",
+    }
+    request = urllib.request.Request(f"{api}{path}", data=data, headers=headers, method="POST" if data else "GET")
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -292,11 +422,12 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
     tracked, pulled_clone, tmp_path
 ):
     """`prefect deploy --all` from one checkout; a worker in another (HDKD_REPO) runs two flow runs triggered at
-    once with different parameters: both Completed, one after the other, each with its own parameters."""
+    once with different parameters: both Completed, one after the other, each with its own parameters.
+    The server asks for an API auth string: a client without it, or with a wrong one, is refused."""
     port = free_port()
     server_env = {
         **env(),
-        **prefect_env(port, tmp_path / "prefect-home"),
+        **prefect_env(port, tmp_path / "prefect-home", auth_string=PREFECT_AUTH),
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker polls every 2 s (default 10)
         "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3",  # a queued run retries its slot (default 30)
     }
@@ -307,6 +438,15 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
             wait_http(f"{api}/health", 180, server)
         except (TimeoutError, RuntimeError) as error:
             raise AssertionError(f"{error}\n{tail(tmp_path / 'server.log')}") from None
+        # Outsiders: no auth string, a wrong one (raw API and Prefect's own CLI); /health stays open for probes.
+        assert http_status(f"{api}/deployments/name/hdkd/full") == 401
+        assert http_status(f"{api}/deployments/name/hdkd/full", f"hdkd:not-{SECRET}") == 401
+        assert http_status(f"{api}/health") == 200
+        anonymous = {**server_env, "PREFECT_API_AUTH_STRING": ""}
+        for outsider in (anonymous, {**server_env, "PREFECT_API_AUTH_STRING": f"hdkd:not-{SECRET}"}):
+            refused = run([prefect, "work-pool", "ls"], tracked.repo, check=False, extra_env=outsider)
+            assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr, refused
+            assert_no_secret(refused.stdout + refused.stderr, "Prefect's refusal")
         run([prefect, "work-pool", "create", "hdkd-pool", "--type", "process"], tracked.repo, extra_env=server_env)
         deployed = run([prefect, "--no-prompt", "deploy", "--all"], tracked.repo, extra_env=server_env, timeout=300)
         assert "hdkd/full" in deployed.stdout, deployed.stdout + deployed.stderr
@@ -315,7 +455,9 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
             **server_env,
             "HDKD_REPO": str(pulled_clone),
             "MLFLOW_TRACKING_URI": tracked.server.uri,  # the stages of every checkout track to the one server
+            **as_user(SERVICE),  # as the pipeline's service user
         }
+        del worker_env["PREFECT_SERVER_API_AUTH_STRING"]  # a worker is a client: PREFECT_API_AUTH_STRING only
         worker_log = tmp_path / "worker.log"
         with background(
             [prefect, "worker", "start", "--pool", "hdkd-pool"],
@@ -346,8 +488,12 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
                     raise AssertionError(f"run {repeats} did not finish:\n{tail(worker_log)}") from None
             assert worker.poll() is None, tail(worker_log)
         flow_runs = prefect_api(api, "/flow_runs/filter", {"sort": "START_TIME_ASC"})
+        flow_logs = json.dumps(prefect_api(api, "/logs/filter", {"limit": 200}))
     for output in outputs.values():
         assert "Flow run finished successfully in 'Completed'." in output, output + tail(worker_log)
+        assert_no_secret(output, "`prefect deployment run` output")
+    assert_no_secret(worker_log.read_bytes(), "the worker's log")
+    assert_no_secret(flow_logs, "the flow runs' logs on the Prefect server")
 
     # One after the other (the deployment's concurrency_limit: 1), each with its own parameters.
     assert len(flow_runs) == 2 and all(row["state_type"] == "COMPLETED" for row in flow_runs), flow_runs
@@ -357,8 +503,9 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
     assert set(windows) == {4, 5}
     # Each run's compile stage, on the MLflow server, ran inside that flow run with that run's setting.
     client = client_for(tracked.server)
-    experiment = client.get_experiment_by_name("hdkd").experiment_id
-    compiles = client.search_runs([experiment], "tags.stage = 'compile'", order_by=["attributes.start_time DESC"])
+    with credentials(READER, PASSWORDS[READER]):
+        experiment = client.get_experiment_by_name("hdkd").experiment_id
+        compiles = client.search_runs([experiment], "tags.stage = 'compile'", order_by=["attributes.start_time DESC"])
     for compiled in compiles[:2]:
         repeats = int(compiled.data.params["compile.latency_repeats"])
         window = windows[repeats]
@@ -374,6 +521,49 @@ def test_work_pool_worker_runs_queued_deployment_runs_one_at_a_time_each_with_it
 def windows_last(flow_runs: list[dict]) -> int:
     """The setting of the flow run that ended last: what params.yaml holds afterwards."""
     return max(flow_runs, key=lambda row: row["end_time"])["parameters"]["overrides"]["compile.latency_repeats"]
+
+
+# -- 6. no secret leaks ------------------------------------------------------------------------------
+
+
+def mlflow_texts(server: MlflowServer) -> dict[str, str]:
+    """Every name, param, tag and description the MLflow server holds, by where it is."""
+    from mlflow.entities import ViewType
+
+    client = client_for(server)
+    texts = {}
+    with credentials("admin", PASSWORDS["admin"]):
+        for experiment in client.search_experiments(view_type=ViewType.ALL):
+            texts[f"experiment {experiment.name}"] = json.dumps(experiment.tags)
+            for found in client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000):
+                data = found.data
+                texts[f"run {found.info.run_id}"] = json.dumps([found.info.run_name, data.params, data.tags])
+            for model in client.search_logged_models([experiment.experiment_id]):
+                texts[f"logged model {model.model_id}"] = json.dumps([model.name, model.params, model.tags])
+        for registered in client.search_registered_models():
+            texts[f"model {registered.name}"] = json.dumps([registered.description, registered.tags])
+            for version in client.search_model_versions(f"name = '{registered.name}'"):
+                where = f"model {registered.name} version {version.version}"
+                texts[where] = json.dumps([version.description, version.tags, version.source, version.aliases])
+    return texts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_no_credential_in_mlflow_stage_logs_reports_or_dvc_files(tracked, pulled_clone):
+    """After the authenticated runs above (and on its own, after the one `dvc repro` as the service user)."""
+    texts = mlflow_texts(tracked.server)
+    assert any(where.startswith("run ") for where in texts) and f"model {STUDENT}" in texts
+    for where, text in texts.items():
+        assert_no_secret(text, f"MLflow: {where}")
+    assert_no_secret(tracked.repro, "the stage logs of `dvc repro`")
+    # Both checkouts whole (params.yaml, dvc.yaml, dvc.lock, .dvc/config, reports/ with the summary and the stage
+    # reports, models/), every artifact on the server, and the server's own log.
+    files = [path for root in (tracked.repo, pulled_clone, tracked.server.artifacts) for path in root.rglob("*")]
+    files = [path for path in files if path.is_file()] + [tracked.server.log]
+    assert any(path.name == "summary.md" for path in files) and any(path.name == "dvc.lock" for path in files)
+    for path in files:
+        assert_no_secret(path.read_bytes(), str(path))
 
 
 # -- 5. no stale state after a kill --------------------------------------------------------------
@@ -534,3 +724,117 @@ def test_temporaries_of_a_killed_write_are_removed_by_the_next_run_of_the_stage(
         assert temps() == [busy]
     rows = (tmp_path / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(rows) - 1 == 120
+
+
+# -- 7. what the team servers refuse before they start, where they bind, credentials kept out of URIs ---------
+
+
+def test_team_folder_refuses_default_admin_password_short_and_readable_password_files(tmp_path, monkeypatch):
+    from hdkd.servers import TeamError, admin_password, load_team
+
+    team = write_team(tmp_path)
+    assert load_team(team)[1] == {name: PASSWORDS[name] for name in (SERVICE, MAINTAINER, READER)}
+    assert admin_password(team) == PASSWORDS["admin"]
+    admin = team / "passwords" / "admin"
+    admin.write_text("password1234\n")
+    with pytest.raises(TeamError, match="MLflow's default admin password is still in place; refusing to start"):
+        admin_password(team)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "password1234")  # MLflow's own variable wins over the file
+    with pytest.raises(TeamError, match=r"^MLFLOW_AUTH_ADMIN_PASSWORD: MLflow's default admin password"):
+        admin_password(team)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", PASSWORDS["admin"])
+    assert admin_password(team) == PASSWORDS["admin"]
+
+    reader = team / "passwords" / READER
+    reader.chmod(0o644)
+    with pytest.raises(TeamError, match=f"others may read this password file; run `chmod 600 {reader}`"):
+        load_team(team)
+    reader.write_text("short")
+    reader.chmod(0o600)
+    with pytest.raises(TeamError, match=f"the password of '{READER}' is shorter than 12 characters") as refused:
+        load_team(team)
+    assert "short" not in str(refused.value).replace("shorter", "")
+    (team / "team.yaml").write_text(yaml.safe_dump({"service": SERVICE, "readers": [SERVICE]}))
+    with pytest.raises(TeamError, match=f"'{SERVICE}' has more than one role"):
+        load_team(team)
+
+
+def test_team_mlflow_command_stops_before_starting_anything_on_the_default_admin_password(tmp_path):
+    team = tmp_path / "team"
+    team.mkdir()
+    write_team(team)
+    (team / "passwords" / "admin").write_text("password1234\n")
+    refused = run(
+        [str(VENV_BIN / "hdkd"), "team-mlflow", str(team), "--artifacts-destination", str(tmp_path / "artifacts")],
+        tmp_path,
+        check=False,
+        extra_env={"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
+    line = one_error_line(refused)
+    assert "MLflow's default admin password is still in place; refusing to start" in line
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_auth_config_is_owner_only_holds_no_admin_password_and_keeps_percent_signs(tmp_path, monkeypatch):
+    from mlflow.server.auth.config import read_auth_config
+
+    from hdkd.servers import write_auth_config
+
+    database = "postgresql+psycopg://mlflow:p%40ss@127.0.0.1:5432/mlflow"  # an URL-encoded '@' in the password
+    path = write_auth_config(tmp_path, database)
+    assert path.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    config = read_auth_config()  # as MLflow's basic-auth app reads it
+    assert (config.database_uri, config.default_permission, config.admin_username) == (database, "READ", "admin")
+    assert config.admin_password is None
+
+
+def test_servers_bind_loopback_unless_told_and_warn_when_exposed_without_authentication():
+    from hdkd.servers import RISKS, exposure_warning
+
+    home = Path("prefect-home")
+    local = prefect_env(4200, home)
+    assert local["PREFECT_SERVER_API_HOST"] == "127.0.0.1" and "PREFECT_SERVER_API_AUTH_STRING" not in local
+    team = prefect_env(4200, home, "0.0.0.0", auth_string="hdkd:x")
+    assert team["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
+    assert team["PREFECT_SERVER_API_AUTH_STRING"] == team["PREFECT_API_AUTH_STRING"] == "hdkd:x"
+
+    for server in RISKS:
+        assert exposure_warning("127.0.0.1", server) is None and exposure_warning("localhost", server) is None
+        warning = exposure_warning("0.0.0.0", server)
+        assert warning and "without authentication: anyone who can reach it can" in warning
+    assert "start, cancel and delete flow runs" in (exposure_warning("10.0.0.5", "prefect") or "")
+    assert "TLS" in (exposure_warning("0.0.0.0", "the team MLflow server", authenticated=True) or "")
+    said = subprocess.run(
+        [sys.executable, "-m", "hdkd.servers", "0.0.0.0", "mlflow-ui"], capture_output=True, text=True, check=True
+    )
+    assert said.stderr.startswith("warning: the MLflow UI binds 0.0.0.0 without authentication")
+
+
+def test_credentials_never_come_from_a_tracking_uri_and_refusals_are_one_line(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
+
+    from hdkd.config import params_from_dict
+    from hdkd.tracking import TrackingError, refusal, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    params = params_from_dict({"mlflow": {"tracking_uri": f"http://maya:{SECRET}@mlflow.lan:5000"}})
+    with pytest.raises(TrackingError, match=r"^params\.yaml: mlflow\.tracking_uri holds a password") as refused:
+        tracking_uri(params)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://maya:{SECRET}@mlflow.lan")
+    with pytest.raises(TrackingError, match=r"^MLFLOW_TRACKING_URI holds a password") as refused_env:
+        tracking_uri(params)
+    assert_no_secret(str(refused.value) + str(refused_env.value), "the refusal")
+
+    uri = "http://mlflow.lan:5000"
+    anonymous = refusal(MlflowException("401", error_code=UNAUTHENTICATED), uri, "x", "y")
+    assert str(anonymous).startswith(f"MLflow server {uri} asks who is calling (401 Unauthorized)")
+    forbidden = refusal(MlflowException("403", error_code=PERMISSION_DENIED), uri, "move @champion", "EDIT", "rita")
+    assert str(forbidden) == (
+        f"MLflow server {uri} refused to let user 'rita' move @champion (403 Permission denied): that needs EDIT; "
+        "ask the server's admin for it"
+    )
+    assert refusal(MlflowException("not found"), uri, "x", "y") is None

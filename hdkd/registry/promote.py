@@ -24,10 +24,11 @@ from hdkd.config import Params
 from hdkd.errors import HDKDError
 from hdkd.registry.lineage import lineage_text
 from hdkd.registry.paired import paired_check, record_paired
-from hdkd.tracking import require_store, setup_tracking, tracking_uri
+from hdkd.tracking import refusals_explained, require_store, setup_tracking, tracking_uri
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # What a person compares before promoting: the tags `register` puts on every version.
+CURRENT_USER = "/api/2.0/mlflow/users/current"  # MLflow's basic-auth app: who this request authenticated as
 COMPARED = ("test_macro_f1", "test_accuracy", "val_macro_f1", "test_images", "preset", "data_manifest_sha256")
 
 
@@ -67,6 +68,24 @@ def check_against_champion(
             "Pass --force to promote it anyway"
         )
     return check.sentence()
+
+
+def promoter_identity(uri: str) -> str:
+    """Who promotes: the user an MLflow server with the basic-auth app authenticated (its `users/current`),
+    else, on a store that asks no one (a local file, a server without auth), the local account's name."""
+    if uri.startswith(("http://", "https://")):
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        with refusals_explained(uri, "say who it is", "an account on the server"):
+            response = http_request(get_default_host_creds(uri), CURRENT_USER, "GET", max_retries=0)
+            if response.status_code != 404:  # 404: no auth app on that server
+                return verify_rest_response(response, CURRENT_USER).json()["user"]["username"]
+    return getpass.getuser()
+
+
+def promote_permission(name: str) -> str:
+    return f"EDIT permission on registered model {name!r}, which maintainers hold (MANAGE)"
 
 
 def promote(params: Params, name: str, version: int, force: bool = False) -> dict[str, Any]:
@@ -110,12 +129,14 @@ def promote(params: Params, name: str, version: int, force: bool = False) -> dic
             f"{theirs}: promoting it changes what every client of models:/{name}@champion gets; pass --force "
             "if that is intended"
         )
-    if champion is not None:
-        result["paired"] = check_against_champion(params, client, challenger, champion, force)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    client.set_model_version_tag(name, str(version), "promoted_by", getpass.getuser())
-    client.set_model_version_tag(name, str(version), "promoted_at", datetime.now(UTC).isoformat(timespec="seconds"))
-    if champion is not None:
-        client.set_model_version_tag(name, str(version), "previous_champion", str(champion.version))
+    who = promoter_identity(uri)
+    with refusals_explained(uri, f"move @{CHAMPION} of {name}", promote_permission(name), who):
+        if champion is not None:  # recorded on the version, so the same permission as the alias
+            result["paired"] = check_against_champion(params, client, challenger, champion, force)
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        client.set_model_version_tag(name, str(version), "promoted_by", who)
+        client.set_model_version_tag(name, str(version), "promoted_at", datetime.now(UTC).isoformat(timespec="seconds"))
+        if champion is not None:
+            client.set_model_version_tag(name, str(version), "previous_champion", str(champion.version))
     result.update(promoted=True, message=f"{name} version {version} is now @champion")
     return result
