@@ -18,7 +18,7 @@ from rich.table import Table
 from hdkd.errors import HDKDError
 
 if TYPE_CHECKING:
-    from hdkd.config import Params
+    pass
 
 app = typer.Typer(
     help="HDKD: distil a CNN teacher into a hybrid CNN + transformer student.",
@@ -50,21 +50,6 @@ def info(classes: Annotated[int, typer.Option(help="number of classes of the hea
     console.print(table)
 
 
-def _load_params(path: Path, items: list[str] | None) -> Params:
-    """The params file with `--set KEY=VALUE` overrides (values read as YAML), validated."""
-    import yaml
-
-    from hdkd.config import load_params
-
-    overrides = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
-        overrides[key] = yaml.safe_load(value)
-    return load_params(path, overrides)
-
-
 @app.command()
 def train(
     kind: Annotated[str, typer.Option(help="teacher | student | distilled")],
@@ -79,10 +64,11 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from out/last.pt")] = False,
 ) -> None:
     """Train one network on prepared splits (see `python -m pipelines.split`), outside DVC."""
+    from hdkd.config import load_params_with_sets
     from hdkd.training.distributed import share_cores
     from hdkd.training.train import train as train_model
 
-    loaded = _load_params(params, set_)
+    loaded = load_params_with_sets(params, set_)
     share_cores(loaded.data.num_workers)
     result = train_model(loaded, kind, train_data, val_data, out, teacher, resume)
     console.print(
@@ -201,8 +187,6 @@ def team_mlflow(
 @app.command()
 def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path("reports")) -> None:
     """What the last pipeline run produced: comparison table, reports, MLflow and registry."""
-    import json
-
     from hdkd.layout import run_from_root_hint
 
     if not reports.is_dir():
@@ -214,10 +198,9 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
         comparison_sentence,
         markdown_table,
         model_reports,
+        outcome_lines,
         rich_table,
     )
-    from hdkd.layout import Layout
-    from hdkd.tune.best import tuning_lines
 
     try:
         reports_by_model = model_reports(reports)
@@ -230,33 +213,8 @@ def summary(reports: Annotated[Path, typer.Option(help="reports folder")] = Path
         else:  # piped or logged: a Markdown table at full width, never cut to 80 columns
             typer.echo(f"{title}\n\n{markdown_table(reports_by_model)}\n")
         typer.echo(comparison_sentence(comparison(reports)))
-    for line in tuning_lines(Layout(reports.parent)):
-        console.print(line)
-    compiled = reports / "stages" / "compile.json"
-    if compiled.is_file():
-        built = json.loads(compiled.read_text())
-        for name, entry in built.items():
-            if isinstance(entry, dict) and entry.get("status") in ("skipped", "rejected"):
-                console.print(f"compile: {name} {entry['status']} ({entry['reason']})")
-            elif isinstance(entry, dict) and "speedup_b1" in entry and name != "eager":
-                console.print(
-                    f"compile: {name} parity max |diff| {entry['max_abs_diff']:.1e}, top-1 agreement "
-                    f"{entry['top1_agreement']:.1%}, batch 1 {entry['speedup_b1']:.2f}x eager"
-                )
-    registry = reports / "registry.json"
-    if registry.is_file():
-        for name, entry in json.loads(registry.read_text()).items():
-            kept = "" if entry.get("new", True) else "; unchanged by this run"
-            console.print(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])}{kept})")
-    console.print(
-        f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/stages/, {reports}/figures/, {reports}/gradcam/"
-    )
-    console.print("next, in a shell with the venv active (source .venv/bin/activate):")
-    console.print("  compare runs: dvc metrics show, dvc plots show, dvc exp show")
-    console.print(
-        "  MLflow UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db "
-        "-h 127.0.0.1 -p 5000 -w 1, then http://127.0.0.1:5000/#/experiments/1/runs"
-    )
+    for line in outcome_lines(reports):
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -361,12 +319,13 @@ def tune(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set tune.n_trials=20")] = None,
 ) -> None:
     """Optuna studies of both students alike: queue trials up to tune.n_trials each, run workers, report."""
+    from hdkd.config import load_params_with_sets
     from hdkd.tune.space import TUNED_KINDS
     from hdkd.tune.stage import tune_stage
     from hdkd.tune.storage import study_name
     from hdkd.tune.worker import run_workers
 
-    loaded = _load_params(params, set_)
+    loaded = load_params_with_sets(params, set_)
     if not loaded.tune.enabled:
         typer.echo(
             f"error: tuning is disabled (tune.enabled: false in {params}); set it to true there, or add "

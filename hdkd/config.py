@@ -266,6 +266,17 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
     return params_from_dict(raw, source=str(path))
 
 
+def load_params_with_sets(path: str | Path, sets: list[str] | None) -> Params:
+    """`load_params` with command-line `KEY=VALUE` overrides (`--set distill.epochs=5`; values read as YAML)."""
+    overrides = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: use KEY=VALUE, e.g. --set distill.epochs=5")
+        overrides[key] = yaml.safe_load(value)
+    return load_params(path, overrides)
+
+
 def with_section(params: Params, section: str, values: dict[str, Any]) -> Params:
     """`params` with `values` merged into one section (`distill`, `student`, ...), validated like params.yaml."""
     current = getattr(params, section)

@@ -20,8 +20,6 @@ import csv
 import io
 import json
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -34,10 +32,10 @@ import pandas as pd
 
 from hdkd.config import Params, TrainParams
 from hdkd.errors import HDKDError
+from hdkd.evaluation.dvc_queue import dvc, flag, run_queue, stage_lock_file
 from hdkd.evaluation.stats import Interval, accuracy, macro_f1_over, paired_difference_ci
 from hdkd.files import atomic_path, write_json
 from hdkd.layout import REPO, Layout
-from hdkd.servers import tool_env
 
 # The configurations of the HDKD ablation, as params overrides on top of params.yaml's distill section.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -112,73 +110,12 @@ def _absolute_uri(uri: str, root: Path) -> str:
     return uri
 
 
-def _dvc(
-    args: Sequence[str], root: Path, check: bool = True, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = tool_env(**(env or {}))  # DVC's queue workers start `dvc` and the stages `python` from PATH
-    dvc = shutil.which("dvc", path=environment["PATH"]) or "dvc"
-    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
-    if check and result.returncode != 0:
-        raise AblationError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
-    return result
-
-
-def _flag(key: str, value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, list | bool) or value is None else str(value)
-    return f"{key}={text.lower() if isinstance(value, bool) else text}"
-
-
-def _stage_lock_file(root: Path, log: Callable[[str], None]) -> None:
-    """A queued experiment starts from git's view of the workspace: an untracked or changed dvc.lock would be
-    left behind and the experiment would retrain the teacher. Staging it (not committing) carries it along."""
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "dvc.lock"], cwd=root, capture_output=True, text=True, check=False
-    )
-    if status.stdout.strip():
-        subprocess.run(["git", "add", "dvc.lock"], cwd=root, check=True)
-        log("ablation: staged dvc.lock in git (not committed), so the experiments start from the trained teacher")
-
-
 def queue(experiments: Sequence[Experiment], batch: str, tracking_uri: str, root: Path) -> None:
     for experiment in experiments:
         args = ["exp", "run", "--queue", "evaluate", "-n", experiment.name]
         for key, value in overrides(experiment, batch, tracking_uri).items():
-            args += ["-S", _flag(key, value)]
-        _dvc(args, root)
-
-
-def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
-    """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
-    if jobs < 1:
-        raise AblationError("--jobs must be at least 1")
-    env: dict[str, str] = {}
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # The workers' stages share the cores with the other jobs' (`share_cores` alone would give each
-        # the cores its own DataLoader workers leave free, as if it ran alone).
-        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
-    _dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
-    shown = ""
-    idle_polls = 0
-    while True:
-        status = _dvc(["queue", "status"], root).stdout
-        lines = [line for line in status.splitlines()[1:] if line.strip()]
-        tasks = [line for line in lines if not line.startswith("Worker")]
-        pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
-        summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
-        if summary != shown:
-            log(summary)
-            shown = summary
-        if not pending:
-            return [line for line in tasks if "Failed" in line]
-        # DVC's workers can die at start (e.g. unable to spawn `dvc`) and leave the queue waiting forever.
-        idle_polls = idle_polls + 1 if any("Worker status: 0 active" in line for line in lines) else 0
-        if idle_polls * poll_seconds >= 60:
-            logs = root / ".dvc" / "tmp" / "exps" / "celery"
-            raise AblationError(
-                f"DVC's queue workers stopped with {len(pending)} experiment(s) pending; see the worker logs in "
-                f"{logs} and `dvc queue status`, then `dvc queue start`"
-            )
-        time.sleep(poll_seconds)
+            args += ["-S", flag(key, value)]
+        dvc(args, root)
 
 
 def _predictions(client: Any, run_id: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -354,8 +291,8 @@ def ablate(
     began = time.perf_counter()
     # The teacher and the data first, here: the experiments then start from them.
     log("ablation: data and teacher (dvc repro train_teacher; nothing runs when they are up to date)")
-    _dvc(["repro", "train_teacher"], root)
-    _stage_lock_file(root, log)
+    dvc(["repro", "train_teacher"], root)
+    stage_lock_file(root, log)
     queue(experiments, batch, tracking_uri, root)
     log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
     failed = run_queue(root, jobs or len(os.sched_getaffinity(0)), log)

@@ -17,6 +17,8 @@ import pandas as pd
 from hdkd.errors import HDKDError
 from hdkd.evaluation.stats import Interval
 from hdkd.kinds import KINDS, label
+from hdkd.layout import Layout
+from hdkd.tune.best import tuning_lines
 
 COMPARISON = "comparison.json"  # beside the per-model reports in reports/evaluate/
 
@@ -226,3 +228,32 @@ def run_markdown(reports_dir: str | Path, logged_runs: Mapping[str, str] | None 
     for kind, run_id in (logged_runs or {}).items():
         lines.append(f"- {label(kind)}: MLflow run `{run_id}`")
     return "\n".join(lines)
+
+
+def outcome_lines(reports: Path) -> list[str]:
+    """`hdkd summary` after the table: tuning, what compile built or passed over, the registered versions, and
+    where to look next."""
+    lines = tuning_lines(Layout(reports.parent))
+    compiled = reports / "stages" / "compile.json"
+    if compiled.is_file():
+        for name, entry in json.loads(compiled.read_text()).items():
+            if isinstance(entry, dict) and entry.get("status") in ("skipped", "rejected"):
+                lines.append(f"compile: {name} {entry['status']} ({entry['reason']})")
+            elif isinstance(entry, dict) and "speedup_b1" in entry and name != "eager":
+                lines.append(
+                    f"compile: {name} parity max |diff| {entry['max_abs_diff']:.1e}, top-1 agreement "
+                    f"{entry['top1_agreement']:.1%}, batch 1 {entry['speedup_b1']:.2f}x eager"
+                )
+    registry = reports / "registry.json"
+    if registry.is_file():
+        for name, entry in json.loads(registry.read_text()).items():
+            kept = "" if entry.get("new", True) else "; unchanged by this run"
+            lines.append(f"registered: models:/{name}/{entry['version']} ({', '.join(entry['aliases'])}{kept})")
+    return [
+        *lines,
+        f"reports: {reports}/summary.md, {reports}/metrics/, {reports}/stages/, {reports}/figures/, {reports}/gradcam/",
+        "next, in a shell with the venv active (source .venv/bin/activate):",
+        "  compare runs: dvc metrics show, dvc plots show, dvc exp show",
+        "  MLflow UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db "
+        "-h 127.0.0.1 -p 5000 -w 1, then http://127.0.0.1:5000/#/experiments/1/runs",
+    ]

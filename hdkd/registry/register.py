@@ -184,9 +184,9 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
             **lineage_tags(client, logged["run_id"], tested.get("evaluate_run_id")),
         }
         champion = champion_of(client, name)
-        if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name, description=MODEL_DESCRIPTIONS[kind])
-        registered[name] = register_version(client, name, model_uri, tags)
+        registered[name] = register_version(client, name, model_uri, tags)  # creates the model the first time
+        if not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=MODEL_DESCRIPTIONS[kind])
         version = str(registered[name]["version"])
         describe(client, name, version, tags, champion, params.seed)
         if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:

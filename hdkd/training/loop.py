@@ -26,8 +26,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -47,6 +45,7 @@ from hdkd.training.checkpoint import (
 from hdkd.training.distributed import SINGLE, World, all_reduce_sum, sync_buffers
 from hdkd.training.losses import HDKDLoss, HintonKDLoss
 from hdkd.training.metrics import classification_metrics
+from hdkd.training.optimizer import build_optimizer
 
 SELECTION_METRIC = "macro_f1"  # imbalanced medical classes: accuracy would reward predicting `nv`
 
@@ -94,22 +93,6 @@ def validation_metrics(
 ) -> dict[str, Any]:
     probs, labels = predict_proba(model, loader, device)
     return classification_metrics(probs, labels, class_names)
-
-
-def build_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.Optimizer, Any]:
-    """timm's optimizer and per-epoch scheduler factories (cosine with warm-up, or constant)."""
-    optimizer = create_optimizer_v2(model, opt=params.opt, lr=params.lr, weight_decay=params.weight_decay)
-    if params.sched == "none":
-        return optimizer, None
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=params.sched,
-        num_epochs=params.epochs,
-        warmup_epochs=params.warmup_epochs,
-        warmup_lr=params.warmup_lr,
-        min_lr=params.min_lr,
-    )
-    return optimizer, scheduler
 
 
 class Trainer:

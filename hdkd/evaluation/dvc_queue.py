@@ -1,0 +1,80 @@
+"""DVC's experiment queue from Python, for `hdkd ablate`: run `dvc`, start its queue workers, wait for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hdkd.errors import HDKDError
+from hdkd.servers import tool_env
+
+
+class QueueError(HDKDError, RuntimeError):
+    """DVC refused a command, or its queue workers stopped with experiments pending."""
+
+
+def dvc(
+    args: Sequence[str], root: Path, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = tool_env(**(env or {}))  # DVC's queue workers start `dvc` and the stages `python` from PATH
+    dvc = shutil.which("dvc", path=environment["PATH"]) or "dvc"
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
+    if check and result.returncode != 0:
+        raise QueueError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
+    return result
+
+
+def flag(key: str, value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | bool) or value is None else str(value)
+    return f"{key}={text.lower() if isinstance(value, bool) else text}"
+
+
+def stage_lock_file(root: Path, log: Callable[[str], None]) -> None:
+    """A queued experiment starts from git's view of the workspace: an untracked or changed dvc.lock would be
+    left behind and the experiment would retrain the teacher. Staging it (not committing) carries it along."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "dvc.lock"], cwd=root, capture_output=True, text=True, check=False
+    )
+    if status.stdout.strip():
+        subprocess.run(["git", "add", "dvc.lock"], cwd=root, check=True)
+        log("ablation: staged dvc.lock in git (not committed), so the experiments start from the trained teacher")
+
+
+def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
+    """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
+    if jobs < 1:
+        raise QueueError("--jobs must be at least 1")
+    env: dict[str, str] = {}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # The workers' stages share the cores with the other jobs' (`share_cores` alone would give each
+        # the cores its own DataLoader workers leave free, as if it ran alone).
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
+    shown = ""
+    idle_polls = 0
+    while True:
+        status = dvc(["queue", "status"], root).stdout
+        lines = [line for line in status.splitlines()[1:] if line.strip()]
+        tasks = [line for line in lines if not line.startswith("Worker")]
+        pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
+        summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
+        if summary != shown:
+            log(summary)
+            shown = summary
+        if not pending:
+            return [line for line in tasks if "Failed" in line]
+        # DVC's workers can die at start (e.g. unable to spawn `dvc`) and leave the queue waiting forever.
+        idle_polls = idle_polls + 1 if any("Worker status: 0 active" in line for line in lines) else 0
+        if idle_polls * poll_seconds >= 60:
+            logs = root / ".dvc" / "tmp" / "exps" / "celery"
+            raise QueueError(
+                f"DVC's queue workers stopped with {len(pending)} experiment(s) pending; see the worker logs in "
+                f"{logs} and `dvc queue status`, then `dvc queue start`"
+            )
+        time.sleep(poll_seconds)
