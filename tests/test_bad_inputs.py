@@ -346,20 +346,31 @@ def mlflow_closed_port_promote(tmp: Path) -> Command:
     return Command(["promote", "hdkd-student", "1"], env={"MLFLOW_TRACKING_URI": closed_port_url()})
 
 
+def tune_disabled(tmp: Path) -> Command:
+    write_params(tmp, "tune:\n  enabled: false\n")
+    return Command(["tune"])
+
+
 def optuna_bad_scheme(tmp: Path) -> Command:
     write_params(tmp)
-    return Command(["tune", "--join", "--first-worker", "0", "--set", "tune.storage=foo://optuna"])
+    return Command(
+        ["tune", "--join", "--first-worker", "0", "--set", "tune.enabled=true", "--set", "tune.storage=foo://optuna"]
+    )
 
 
 def optuna_url_without_scheme(tmp: Path) -> Command:
     write_params(tmp)
-    return Command(["tune", "--join", "--first-worker", "0", "--set", "tune.storage=optuna.db"])
+    return Command(
+        ["tune", "--join", "--first-worker", "0", "--set", "tune.enabled=true", "--set", "tune.storage=optuna.db"]
+    )
 
 
 def optuna_sqlite_missing_folder(tmp: Path) -> Command:
     write_params(tmp)
     storage = f"sqlite:///{tmp}/missing/optuna.db"
-    return Command(["tune", "--join", "--first-worker", "0", "--set", f"tune.storage={storage}"])
+    return Command(
+        ["tune", "--join", "--first-worker", "0", "--set", "tune.enabled=true", "--set", f"tune.storage={storage}"]
+    )
 
 
 def predict_missing_file(tmp: Path) -> Command:
@@ -524,6 +535,11 @@ CASES = [
         mlflow_closed_port_promote,
         ["MLflow tracking server http://127.0.0.1:", "does not answer", "to sqlite:///mlflow.db"],
         id="mlflow-closed-port-promote",
+    ),
+    pytest.param(
+        tune_disabled,
+        ["tuning is disabled (tune.enabled: false in params.yaml)", "--set tune.enabled=true"],
+        id="tune-disabled",
     ),
     pytest.param(
         optuna_bad_scheme,
