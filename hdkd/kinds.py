@@ -8,6 +8,12 @@
 
 `hdkd-student` is the distilled network because it is the one the project ships and serves; the
 plain student is its baseline. Nothing here imports torch, so the CLI can use it cheaply.
+
+How the `distilled` network is distilled is a setting of its section, not a kind: `distill.method: hdkd`
+(the default) or `vanilla_kd` (Hinton's KD on the plain student network, the reference of `hdkd ablate`).
+Both are the same place in the stage graph (trained from the teacher, evaluated against the plain student,
+registered and served as `hdkd-student`), so a method is an experiment (`dvc exp run -S distill.method=...`)
+rather than a fourth network every `dvc repro` would train.
 """
 
 from __future__ import annotations

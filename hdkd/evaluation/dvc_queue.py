@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -56,6 +57,7 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: f
         # the cores its own DataLoader workers leave free, as if it ran alone).
         env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
     dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
+    started = time.monotonic()
     shown = ""
     idle_polls = 0
     while True:
@@ -69,9 +71,17 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: f
             shown = summary
         if not pending:
             return [line for line in tasks if "Failed" in line]
-        # DVC's workers can die at start (e.g. unable to spawn `dvc`) and leave the queue waiting forever.
-        idle_polls = idle_polls + 1 if any("Worker status: 0 active" in line for line in lines) else 0
-        if idle_polls * poll_seconds >= 60:
+        active = next((int(m[1]) for line in lines if (m := re.match(r"Worker status: (\d+) active", line))), 0)
+        if active < jobs and any("Queued" in line for line in tasks) and time.monotonic() - started > 60:
+            # A DVC queue worker can stop with tasks still queued (treeverse/dvc#10562): start the missing ones
+            # (`queue start` starts only workers that are not running; a minute apart, so a worker still
+            # starting up is not started twice).
+            dvc(["queue", "start", "--jobs", str(jobs)], root, env=env)
+            started = time.monotonic()
+        # DVC's workers can die at start (e.g. unable to spawn `dvc`) and leave the queue waiting forever: give
+        # up when two restarts brought none up.
+        idle_polls = idle_polls + 1 if active == 0 else 0
+        if idle_polls * poll_seconds >= 150:
             logs = root / ".dvc" / "tmp" / "exps" / "celery"
             raise QueueError(
                 f"DVC's queue workers stopped with {len(pending)} experiment(s) pending; see the worker logs in "
