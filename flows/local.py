@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hdkd.servers import LOOPBACK, client_host, wait_for, warn_exposed
+from hdkd.servers import LOOPBACK, client_host, stop_on_sigterm, wait_for, warn_exposed
 
 
 def prefect_env(port: int, home: Path, host: str = LOOPBACK, auth_string: str | None = None) -> dict[str, str]:
@@ -42,6 +42,7 @@ def main() -> None:
     env = prefect_env(port, Path(os.environ.get("PREFECT_HOME", ".prefect")), host, auth_string)
     if not auth_string:
         warn_exposed(host, "prefect")
+    stop_on_sigterm()
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start"], env=env)
     try:

@@ -174,8 +174,10 @@ def team_mlflow(
     ] = None,
 ) -> None:
     """The team's MLflow server with MLflow's basic-auth app: users and roles from TEAM, Ctrl-C stops it."""
+    from hdkd.servers import stop_on_sigterm
     from hdkd.servers import team_mlflow as start
 
+    stop_on_sigterm()
     with start(team, backend_store_uri, artifacts_destination, host, port, allowed_hosts) as running:
         console.print(f"MLflow with basic auth: {running.uri} (users in its database)")
         for line in running.users:

@@ -90,6 +90,12 @@ def stop_group(process: subprocess.Popen, timeout: float = 15) -> None:
             process.wait()
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, systemd, `docker stop`) ends a launcher as Ctrl-C does: through its `finally`, which
+    stops the servers it started (they run in their own process groups and would outlive it)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 # -- binding ---------------------------------------------------------------------------------------
 
 

@@ -838,3 +838,16 @@ def test_credentials_never_come_from_a_tracking_uri_and_refusals_are_one_line(mo
         "ask the server's admin for it"
     )
     assert refusal(MlflowException("not found"), uri, "x", "y") is None
+
+
+def test_a_launcher_stopped_with_sigterm_still_stops_the_servers_it_started():
+    """`kill`, systemd or `docker stop` end `hdkd team-mlflow` and `make serve` through their `finally`."""
+    script = (
+        "import time\nfrom hdkd.servers import stop_on_sigterm\nstop_on_sigterm()\n"
+        "try:\n    print('up', flush=True)\n    time.sleep(120)\nfinally:\n    print('servers stopped', flush=True)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert launcher.stdout is not None and launcher.stdout.readline() == "up\n"
+    launcher.terminate()
+    out, _ = launcher.communicate(timeout=30)
+    assert out == "servers stopped\n" and launcher.returncode == 128 + signal.SIGTERM
