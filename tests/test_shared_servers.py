@@ -174,7 +174,7 @@ def tracked(mlflow_server, tmp_path_factory) -> Tracked:
     began = time.monotonic()
     # Every stage, the register stage included, as the service user.
     pipeline_env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, **as_user(SERVICE)}
-    done = run(["dvc", "repro"], repo, timeout=900, extra_env=pipeline_env)
+    done = run(["dvc", "repro"], repo, timeout=1800, extra_env=pipeline_env)
     print(f"dvc repro against the MLflow server: {time.monotonic() - began:.0f} s")
     run(["dvc", "push"], repo, timeout=300)
     run(["git", "add", "-A"], repo)
