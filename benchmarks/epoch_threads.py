@@ -3,7 +3,7 @@
 Each configuration trains the teacher for two epochs in a fresh process (thread settings only
 take effect at process start) on the same toy data through the real `hdkd.training.train.train`; the
 second epoch is timed. Configurations run interleaved, `--rounds` times; the table shows
-medians and each configuration against the default split (`auto`: cores minus loader workers).
+medians and each configuration against the default (`auto`: cores minus loader workers, no workers).
 
     python benchmarks/epoch_threads.py --preset tiny --image-size 32 --images 640
 """
@@ -19,7 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIGS = [("auto", 2), ("2", 2), ("2", 0), ("1", 1)]  # (torch threads, loader workers)
+from hdkd.evaluation.timing import cpu_name
+
+CONFIGS = [("auto", 0), ("auto", 1), ("auto", 2), ("2", 2), ("1", 0)]  # (torch threads, loader workers)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -78,7 +80,8 @@ def main() -> None:
         for config in CONFIGS:
             seconds[config].append(run_config(args, *config))
     base = statistics.median(seconds[CONFIGS[0]])
-    print(f"{args.preset}, {args.image_size} px, {args.images} train images, {os.cpu_count()} cores")
+    print(f"{args.preset}, {args.image_size} px, {args.images} train images | {cpu_name()}")
+    print(f"1-min load average {os.getloadavg()[0]:.2f} after timing")
     print(f"{'torch threads':>14} {'workers':>8} {'epoch s (median)':>17} {'vs auto':>8}")
     for (threads, workers), values in seconds.items():
         median = statistics.median(values)

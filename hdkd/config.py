@@ -36,7 +36,7 @@ class DataParams(_Strict):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     on_bad_image: Literal["error", "skip"] = "error"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(0, ge=0)
     synthetic_images: int = Field(700, ge=50)
     min_per_class: int = Field(2, ge=1)
 

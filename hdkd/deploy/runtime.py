@@ -23,11 +23,10 @@ def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
     """uint8 NHWC images -> float32 NCHW model input: the training eval transform (resize, ImageNet norm)."""
     from hdkd.data.loading import eval_transform
 
-    transform = eval_transform(image_size)
     chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if len(chw) == 0:
         return np.zeros((0, 3, image_size, image_size), dtype=np.float32)
-    return torch.stack([transform(image) for image in chw]).numpy().astype(np.float32, copy=False)
+    return eval_transform(image_size)(chw).numpy().astype(np.float32, copy=False)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -40,8 +40,7 @@ class Pictures:
 
 def pictures(split: SplitArrays, indices: Sequence[int], image_size: int) -> Pictures:
     chw = torch.from_numpy(split.images[list(indices)]).permute(0, 3, 1, 2)
-    transform = eval_transform(image_size)
-    inputs = torch.stack([transform(image) for image in chw])
+    inputs = eval_transform(image_size)(chw)
     pictures = F.interpolate(chw.float() / 255, size=(image_size, image_size), mode="bilinear", antialias=True)
     return Pictures(
         list(indices),

@@ -23,8 +23,12 @@ WARMUP = 3
 SETTLE_SECONDS = 0.2
 
 
+# The CPU flags that decide which kernels oneDNN and ONNX Runtime run (fp32, int8 VNNI, bf16, AMX).
+VECTOR_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}
+
+
 def cpu_name() -> str:
-    """The CPU model and torch's vector ISA: latency figures mean little without them."""
+    """The CPU model, torch's vector ISA and the CPU's vector flags: speed figures mean little without them."""
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -32,7 +36,9 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
                 break
-    return f"{name}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"
+    flags = sorted(set(cpuinfo.read_text().split()) & VECTOR_FLAGS) if cpuinfo.is_file() else []
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{name}, {os.cpu_count()} cores, {isa} ({' '.join(flags) or 'no flags read'})"
 
 
 def measure_latency(

@@ -167,9 +167,7 @@ def train(
 
 def _example_batch(split: SplitArrays, image_size: int) -> np.ndarray:
     """Two preprocessed validation images: MLflow's input example (2+ keeps the batch axis dynamic)."""
-    transform = eval_transform(image_size)
-    images = torch.from_numpy(split.images[:2]).permute(0, 3, 1, 2)
-    return torch.stack([transform(image) for image in images]).numpy()
+    return eval_transform(image_size)(torch.from_numpy(split.images[:2]).permute(0, 3, 1, 2)).numpy()
 
 
 def _write_learning_curve(path: Path, history: Sequence[dict[str, float]]) -> None:
