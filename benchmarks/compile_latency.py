@@ -73,6 +73,19 @@ def matmul_peak(folder: Path, int8: bool, threads: int | None = None, size: int 
     return lambda: session.run(["c"], {"a": a})
 
 
+def benchmark_student(preset: str, checkpoint: Path | None, classes: int) -> tuple[torch.nn.Module, int, str]:
+    """The HDKD student to time, its image size and a label: trained from `checkpoint`, else random at `preset`
+    (latency does not depend on the weights)."""
+    torch.manual_seed(0)
+    if checkpoint:
+        from hdkd.training.checkpoint import load_trained
+
+        model, meta = load_trained(checkpoint)
+        return model, int(meta["img_size"]), f"{meta['kind']} {meta['preset']} ({checkpoint})"
+    size = PRESETS[preset].img_size
+    return build_model("distilled", preset, classes).eval(), size, f"distilled {preset} (random weights)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
@@ -90,16 +103,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    if args.checkpoint:
-        from hdkd.training.checkpoint import load_trained
-
-        model, meta = load_trained(args.checkpoint)
-        label, size = f"{meta['kind']} {meta['preset']} ({args.checkpoint})", int(meta["img_size"])
-    else:
-        size = PRESETS[args.preset].img_size
-        model = build_model("distilled", args.preset, args.classes).eval()
-        label = f"distilled {args.preset} (random weights)"
+    model, size, label = benchmark_student(args.preset, args.checkpoint, args.classes)
     batches = [int(b) for b in args.batches.split(",")]
     inputs = torch.randn(max(batches), 3, size, size).numpy()
 

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from compile_latency import benchmark_student
 
 from hdkd.config import CompileParams
 from hdkd.deploy.export import export_onnx
 from hdkd.deploy.quantize import acceptance, calibration_images, quantize_int8
 from hdkd.deploy.runtime import OnnxRunner, Runner, preprocess
 from hdkd.evaluation.timing import cpu_name, measure_latency
-from hdkd.models import PRESETS, build_model
+from hdkd.models import PRESETS
 
 QUANTIZABLE = ("Conv", "MatMul", "Add", "Mul", "Sigmoid", "GlobalAveragePool", "GlobalMaxPool", "Concat", "MaxPool")
 
@@ -110,18 +111,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
+    model, size, label = benchmark_student(args.preset, args.checkpoint, classes=7)
     if args.checkpoint:
         from hdkd.data.loading import load_split
-        from hdkd.training.checkpoint import load_trained
 
-        model, meta = load_trained(args.checkpoint)
-        size, label = int(meta["img_size"]), f"{meta['kind']} {meta['preset']} ({args.checkpoint})"
         train = load_split(args.val.with_name("train.npz")).images
         calibration = preprocess(calibration_images(train, args.calibration), size)
     else:
-        size, label = PRESETS[args.preset].img_size, f"distilled {args.preset} (random weights)"
-        model = build_model("distilled", args.preset, 7).eval()
         calibration = torch.randn(args.calibration, 3, size, size, generator=torch.Generator().manual_seed(1)).numpy()
     image = torch.randn(1, 3, size, size).numpy()
 
