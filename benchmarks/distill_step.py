@@ -1,16 +1,20 @@
 """Cost of an HDKD training step against a plain student step, through the real engine.
 
 Times, interleaved and repeated in one process: a plain student step, an HDKD step (teacher
-forward + student forward/backward with both losses) and a bare teacher forward pass. Prints a
-table of medians and the HDKD/student ratio; with --json the last line is one JSON object.
+forward + student forward/backward with both losses) for each teacher precision asked for
+(`distill.teacher_dtype`: fp32, bf16, auto) and the prepared teacher's bare forward pass in each.
+Prints a table of medians and the HDKD/student ratios; with --json the last line is one JSON object.
 
     python benchmarks/distill_step.py --preset paper --batch 16
+    python benchmarks/distill_step.py --preset small --teacher-dtypes fp32,bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -19,14 +23,24 @@ from collections.abc import Callable
 import torch
 
 from hdkd.config import DistillParams, TrainParams
+from hdkd.evaluation.timing import cpu_name
 from hdkd.models import PRESETS, build_model
+from hdkd.models.fuse import fast_bf16
 from hdkd.training.loop import Trainer
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    began = time.perf_counter()
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of one call. On a machine other processes load, the wall clock of a call
+    moves with them; its CPU time (with --threads 1: no thread pool spinning) hardly does."""
+    began, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
+
+
+def _teacher_forward(teacher: torch.nn.Module | None, images: torch.Tensor) -> None:
+    assert teacher is not None
+    with torch.no_grad():
+        teacher(images, return_features=True)
 
 
 def main() -> None:
@@ -37,8 +51,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--classes", type=int, default=7)
+    parser.add_argument("--teacher-dtypes", default="fp32,bf16", help="distill.teacher_dtype values to compare")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    dtypes = args.teacher_dtypes.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = args.image_size or PRESETS[args.preset].img_size
 
     torch.manual_seed(0)
@@ -56,50 +75,56 @@ def main() -> None:
             [str(c) for c in range(args.classes)],
             progress=False,
         )
-        hdkd = Trainer(
-            build_model("distilled", args.preset, args.classes, img_size=size),
-            "distilled",
-            DistillParams(**params.model_dump()),
-            out,
-            0,
-            [str(c) for c in range(args.classes)],
-            teacher=teacher,
-            progress=False,
-        )
-        student.model.train()
-        hdkd.model.train()
-
-        def teacher_forward() -> None:
-            with torch.no_grad():
-                teacher(images, return_features=True)
-
-        cases = {
-            "student_s": lambda: student.step(images, labels),
-            "hdkd_s": lambda: hdkd.step(images, labels),
-            "teacher_fwd_s": teacher_forward,
+        hdkd = {
+            dtype: Trainer(
+                build_model("distilled", args.preset, args.classes, img_size=size),
+                "distilled",
+                DistillParams(**params.model_dump(), teacher_dtype=dtype),
+                out,
+                0,
+                [str(c) for c in range(args.classes)],
+                teacher=teacher,
+                progress=False,
+            )
+            for dtype in dtypes
         }
+        student.model.train()
+        cases: dict[str, Callable[[], object]] = {"student step": lambda: student.step(images, labels)}
+        for dtype, trainer in hdkd.items():
+            trainer.model.train()
+            cases[f"HDKD step, {dtype} teacher"] = functools.partial(trainer.step, images, labels)
+        for dtype, trainer in hdkd.items():
+            cases[f"teacher forward, {dtype}"] = functools.partial(_teacher_forward, trainer.teacher, images)
         times: dict[str, list[float]] = {name: [] for name in cases}
+        cpu_times: dict[str, list[float]] = {name: [] for name in cases}
+        load_before = os.getloadavg()[0]
         for round_ in range(args.warmup + args.repeats):
             for name, fn in cases.items():
-                elapsed = _timed(fn)
+                elapsed, cpu = _timed(fn)
                 if round_ >= args.warmup:
                     times[name].append(elapsed)
+                    cpu_times[name].append(cpu)
+        load_after = os.getloadavg()[0]
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    ratio = medians["hdkd_s"] / medians["student_s"]
+    cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
+    ratios = {dtype: medians[f"HDKD step, {dtype} teacher"] / medians["student step"] for dtype in dtypes}
+    cpu_ratios = {dtype: cpu[f"HDKD step, {dtype} teacher"] / cpu["student step"] for dtype in dtypes}
     print(
         f"preset {args.preset}, batch {args.batch}, {size} px, {torch.get_num_threads()} threads, "
-        f"CPU {torch.backends.cpu.get_cpu_capability()}, {args.repeats} repeats (median)"
+        f"{cpu_name()}, native bf16: {fast_bf16('cpu')}, {args.repeats} repeats (median)"
     )
-    print(f"{'case':<22}{'median s':>10}{'min s':>10}{'x student':>11}")
-    labels_ = {"student_s": "student step", "hdkd_s": "HDKD step", "teacher_fwd_s": "teacher forward"}
-    for name, label in labels_.items():
-        print(
-            f"{label:<22}{medians[name]:>10.4f}{min(times[name]):>10.4f}{medians[name] / medians['student_s']:>11.2f}"
-        )
-    print(f"HDKD / student ratio: {ratio:.2f}")
+    print(f"1-min load average {load_before:.2f} before timing, {load_after:.2f} after ({os.cpu_count()} cores)")
+    print(f"{'case':<28}{'median s':>10}{'min s':>10}{'x student':>11}{'CPU s':>10}{'x student':>11}")
+    for name, values in times.items():
+        line = f"{name:<28}{medians[name]:>10.4f}{min(values):>10.4f}{medians[name] / medians['student step']:>11.2f}"
+        print(line + f"{cpu[name]:>10.4f}{cpu[name] / cpu['student step']:>11.2f}")
+    for label, by_dtype in (("wall clock", ratios), ("CPU time", cpu_ratios)):
+        print(f"HDKD / student, {label}: " + ", ".join(f"{r:.2f} ({dtype} teacher)" for dtype, r in by_dtype.items()))
     if args.json:
-        print(json.dumps({"preset": args.preset, "batch": args.batch, "image_size": size, **medians, "ratio": ratio}))
+        summary = {"preset": args.preset, "batch": args.batch, "image_size": size, "cpu": cpu_name()}
+        summary |= {"threads": torch.get_num_threads(), "median_s": medians, "cpu_s": cpu}
+        print(json.dumps({**summary, "ratio": ratios, "cpu_ratio": cpu_ratios, "load": [load_before, load_after]}))
 
 
 if __name__ == "__main__":

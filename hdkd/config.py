@@ -102,6 +102,9 @@ class DistillParams(TrainParams):
     lambda_feat: float = Field(10.0, ge=0.0)
     beta: float = 1.0
     stages: list[Literal[1, 2, 3]] = [1, 2, 3]  # pydantic copies mutable defaults per instance
+    # The frozen teacher's precision: auto = bf16 where it is native (CUDA, or a CPU with AVX512-BF16 or AMX),
+    # fp32 elsewhere (emulated bf16 is ~13x slower); see hdkd.models.fuse.prepare_teacher.
+    teacher_dtype: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class FloatRange(_Strict):

@@ -139,7 +139,7 @@ class Trainer:
                     params.kl_scale,
                 )
             )
-            teacher = prepare_teacher(teacher)  # eval, no grad, BatchNorm folded, channels_last
+            teacher = prepare_teacher(teacher, params.teacher_dtype, device)  # eval, no grad, BN folded
         self.kind, self.params, self.teacher, self.world = kind, params, teacher, world
         self.device = torch.device(device)
         # `net` is the network itself (saved, evaluated); `model` is what trains: DDP-wrapped when distributed.

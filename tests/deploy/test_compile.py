@@ -17,7 +17,7 @@ from hdkd.config import CompileParams
 from hdkd.deploy.artifacts import ARTIFACT_INDEX, FILES
 from hdkd.deploy.compile import ParityError, compile_student, parity, parity_failure
 from hdkd.deploy.export import CompileError
-from hdkd.deploy.quantize import acceptance
+from hdkd.deploy.quantize import acceptance, quantize_int8
 from hdkd.deploy.runtime import OnnxRunner, load_runner, preprocess
 from hdkd.deploy.tensorrt_engines import tensorrt_unavailable
 from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split, write_student
@@ -62,6 +62,22 @@ def test_artifacts_keep_a_dynamic_batch_axis(compiled):
     # More than max_batch goes through in chunks.
     many = np.concatenate([inputs] * 4)
     assert load_runner(out, "onnx")(many).shape == (20, len(CLASSES))
+
+
+def test_int8_recipes_quantize_what_they_name(compiled, tmp_path):
+    _, out, _ = compiled
+    calibration = np.random.default_rng(0).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
+
+    def ops(**recipe):
+        path = quantize_int8(out / FILES["onnx"], tmp_path / "q.onnx", calibration, **recipe)
+        return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+    stage = ops()  # the stage's recipe: QDQ around the convolutions only
+    assert "Conv" in stage and "QLinearConv" not in stage and stage.count("DequantizeLinear") > stage.count("Conv")
+    assert "MatMul" in stage
+    assert "QLinearConv" in ops(qoperator=True) and "Conv" not in ops(qoperator=True)
+    every = ops(op_types=("Conv", "MatMul"))
+    assert every.count("DequantizeLinear") > stage.count("DequantizeLinear")
 
 
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="CUDA and torch-tensorrt are present here")
