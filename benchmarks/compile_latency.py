@@ -154,17 +154,13 @@ def main() -> None:
         load = {"before": load_before, "after": os.getloadavg()[0], "cores": os.cpu_count()}
 
     gmacs = count_macs(model, size) / 1e9
-    flags = sorted(
-        set(Path("/proc/cpuinfo").read_text().split())
-        & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8"}
-    )
     threads = torch.get_num_threads()
     # Each batch size's rounds timed the peaks too: a backend's share is against the peak of its own rounds.
     peak = {
         b: {k: PEAK_SIZE**3 / (results[b][f"peak_{k}"]["median_ms"] / 1000) / 1e9 for k in ("fp32", "int8")}
         for b in batches
     }
-    print(f"{label}, {size} px | {cpu_name()} ({' '.join(flags)}) | torch {torch.__version__}, {threads} threads")
+    print(f"{label}, {size} px | {cpu_name()} | torch {torch.__version__}, {threads} threads")
     print(f"1-min load average {load['before']:.2f} before timing, {load['after']:.2f} after ({load['cores']} cores)")
     for batch in batches:
         fp32, int8 = peak[batch]["fp32"], peak[batch]["int8"]
@@ -195,7 +191,6 @@ def main() -> None:
         summary = {
             "model": label,
             "cpu": cpu_name(),
-            "flags": flags,
             "peak_gmacs": peak,
             "model_gmac": gmacs,
             "share_of_peak": shares,

@@ -44,19 +44,10 @@ CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
 
 def cpu_description() -> str:
-    """CPU model, cores and the vector extensions that decide ONNX Runtime's kernels."""
+    """CPU model, vector flags and the cores this process may use."""
     from hdkd.evaluation.timing import cpu_name
 
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile"]
-    shown = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
-    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} usable; {shown}"
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} usable"
 
 
 def free_port() -> int:
