@@ -109,7 +109,7 @@ def ablate(
     configs: Annotated[
         str | None,
         typer.Option(
-            help="comma-separated, of hdkd, logit_only, vanilla_kd, feature_only, hard, mbconv "
+            help="comma-separated, of hdkd, logit_only, vanilla_kd, hdkd_t4, vanilla_kd_t4, feature_only, hard, mbconv "
             "(default: hdkd,logit_only,vanilla_kd)"
         ),
     ] = None,

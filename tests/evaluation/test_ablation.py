@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from hdkd.config import Params, TrainParams
-from hdkd.evaluation.ablation import AblationError, markdown, plan, summarize
+from hdkd.evaluation.ablation import CONFIGS, AblationError, Experiment, markdown, overrides, plan, summarize
 from hdkd.tracking import use_store
 from tests import data_layouts as layouts
 from tests.repo import make_repo, run
@@ -22,6 +22,14 @@ def test_plan_always_includes_the_baseline_and_names_experiments_uniquely():
     assert len({e.name for e in experiments}) == 6
     with pytest.raises(AblationError, match="unknown configuration"):
         plan(["nope"], 1, 1, "abl-x")
+
+
+def test_every_experiment_runs_untuned_at_its_configuration_and_seed():
+    for config in CONFIGS:
+        changed = overrides(Experiment(config, 3, "x"), "abl-x", "sqlite:////tmp/m.db")
+        assert changed["tune.enabled"] is False and changed["student.seed"] == changed["distill.seed"] == 3
+        assert {key: changed[key] for key in CONFIGS[config]} == CONFIGS[config]
+    assert overrides(Experiment("hdkd_t4", 1, "x"), "b", "u")["distill.temperature"] == 4.0
 
 
 def test_the_table_has_a_vanilla_kd_row_with_best_epochs_and_runs_that_hit_their_maximum():
