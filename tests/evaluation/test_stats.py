@@ -98,3 +98,17 @@ def test_chance_level_students_get_no_verdict():
     predicted = {"student": constant, "distilled": constant.copy()}
     result = compare_students(labels, predicted, {"student": 0.1, "distilled": 0.1}, CLASSES, seed=0)
     assert "both at chance level" in comparison_sentence(result)
+
+
+def test_macro_f1_and_accuracy_equal_scikit_learns_with_missing_and_unknown_classes():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    f1 = macro_f1_over(5)
+    for trial in range(200):
+        n = int(rng.integers(1, 40))
+        labels = rng.integers(0, 5 if trial % 3 else 3, n)  # some trials lack classes 3 and 4 altogether
+        predicted = np.where(rng.random(n) < 0.6, labels, rng.integers(-1, 5, n))  # -1: a class test lacks
+        expected = f1_score(labels, predicted, labels=list(range(5)), average="macro", zero_division=0)
+        assert f1(labels, predicted) == pytest.approx(expected, abs=1e-12)
+        assert accuracy(labels, predicted) == pytest.approx(accuracy_score(labels, predicted))
