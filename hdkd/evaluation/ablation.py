@@ -304,7 +304,7 @@ def ablate(
     stage_lock_file(root, log)
     queue(experiments, batch, tracking_uri, root)
     log(f"ablation {batch}: {len(experiments)} experiment(s) queued ({', '.join(e.name for e in experiments)})")
-    failed = run_queue(root, jobs or len(os.sched_getaffinity(0)), log)
+    failed = run_queue(root, jobs or len(os.sched_getaffinity(0)), log, batch)
     if failed:
         log(f"ablation {batch}: {len(failed)} experiment(s) failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
     summary = summarize(collect(params, tracking_uri, batch), configs, params)

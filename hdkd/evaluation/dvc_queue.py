@@ -47,8 +47,14 @@ def stage_lock_file(root: Path, log: Callable[[str], None]) -> None:
         log("ablation: staged dvc.lock in git (not committed), so the experiments start from the trained teacher")
 
 
-def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: float = 5.0) -> list[str]:
-    """Start `jobs` DVC queue workers and wait until no task is queued or running; returns failed task lines."""
+def batch_tasks(status: str, batch: str) -> list[str]:
+    """The task lines of `dvc queue status` whose experiment belongs to `batch` (named `<batch>-...`)."""
+    return [line for line in status.splitlines()[1:] if f" {batch}-" in line and not line.startswith("Worker")]
+
+
+def run_queue(root: Path, jobs: int, log: Callable[[str], None], batch: str, poll_seconds: float = 5.0) -> list[str]:
+    """Start `jobs` DVC queue workers and wait until no task of `batch` (a prefix of its experiment names) is
+    queued or running; returns its failed task lines. DVC's queue also lists the tasks of earlier batches."""
     if jobs < 1:
         raise QueueError("--jobs must be at least 1")
     env: dict[str, str] = {}
@@ -63,7 +69,7 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], poll_seconds: f
     while True:
         status = dvc(["queue", "status"], root).stdout
         lines = [line for line in status.splitlines()[1:] if line.strip()]
-        tasks = [line for line in lines if not line.startswith("Worker")]
+        tasks = batch_tasks(status, batch)
         pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
         summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
         if summary != shown:

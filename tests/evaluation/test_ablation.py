@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 
 from hdkd.config import Params, TrainParams
 from hdkd.evaluation.ablation import CONFIGS, AblationError, Experiment, markdown, overrides, plan, summarize
+from hdkd.evaluation.dvc_queue import batch_tasks
 from hdkd.tracking import use_store
 from tests import data_layouts as layouts
 from tests.repo import make_repo, run
@@ -22,6 +23,21 @@ def test_plan_always_includes_the_baseline_and_names_experiments_uniquely():
     assert len({e.name for e in experiments}) == 6
     with pytest.raises(AblationError, match="unknown configuration"):
         plan(["nope"], 1, 1, "abl-x")
+
+
+def test_the_queue_is_watched_for_this_batch_only():
+    status = """Task     Name                         Created    Status
+fb3b23a  abl-49019b-hdkd-s1           07:19 AM   Failed
+4d022fe  abl-aee564-hdkd-s1           07:30 AM   Running
+2833f70  abl-aee564-hdkd-t4-s1        07:30 AM   Queued
+
+Worker status: 1 active, 0 idle
+"""
+    assert [line.split()[1] for line in batch_tasks(status, "abl-aee564")] == [
+        "abl-aee564-hdkd-s1",
+        "abl-aee564-hdkd-t4-s1",
+    ]
+    assert [line.split()[-1] for line in batch_tasks(status, "abl-49019b")] == ["Failed"]
 
 
 def test_every_experiment_runs_untuned_at_its_configuration_and_seed():
