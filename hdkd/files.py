@@ -62,9 +62,17 @@ def remove_stale_temps(target: str | Path) -> list[Path]:
     return removed
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` less the process's umask: the permissions `open` or `mkdir` would have given."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path beside `target`; on success rename it over `target`."""
+    """Yield a temporary file path beside `target`; on success rename it over `target`, with the permissions
+    a plain `open` would have given (mkstemp's are owner-only: a teammate could not read the reports)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
@@ -73,6 +81,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():
+            tmp.chmod(_umask_mode(0o666))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -80,13 +90,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `target`; on success it replaces `target` whole."""
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` whole (with the
+    permissions of a plain `mkdir`, not mkdtemp's owner-only ones)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        tmp.chmod(_umask_mode(0o777))
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
