@@ -26,7 +26,7 @@ def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
     chw = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if len(chw) == 0:
         return np.zeros((0, 3, image_size, image_size), dtype=np.float32)
-    return eval_transform(image_size)(chw).numpy().astype(np.float32, copy=False)
+    return np.ascontiguousarray(eval_transform(image_size)(chw).numpy(), dtype=np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -45,6 +45,9 @@ class Runner:
         raise NotImplementedError
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        # Compiled programs (AOTInductor, TensorRT) assume the dense NCHW layout they were built for: an array
+        # with other strides (a transposed NHWC view) gave wrong logits, not an error.
+        x = np.ascontiguousarray(x)
         chunks = [self.run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
@@ -18,7 +19,7 @@ from hdkd.deploy.artifacts import ARTIFACT_INDEX, FILES
 from hdkd.deploy.compile import ParityError, compile_student, parity, parity_failure
 from hdkd.deploy.export import CompileError
 from hdkd.deploy.quantize import acceptance, quantize_int8
-from hdkd.deploy.runtime import OnnxRunner, load_runner, preprocess
+from hdkd.deploy.runtime import OnnxRunner, TorchRunner, load_runner, preprocess
 from hdkd.deploy.tensorrt_engines import tensorrt_unavailable
 from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split, write_student
 
@@ -225,3 +226,19 @@ def test_int8_without_training_images_is_skipped_with_the_reason(tmp_path):
     metrics = compile_student(params, student.checkpoint, student.val, tmp_path / "out", log=lambda _: None)
     assert metrics["onnx_int8"] == {"status": "skipped", "reason": metrics["onnx_int8"]["reason"]}
     assert "training split" in metrics["onnx_int8"]["reason"]
+
+
+def test_backends_get_dense_nchw_batches_whatever_the_array_layout():
+    """AOTInductor's compiled code reads its input as dense NCHW: a transposed NHWC view gave wrong logits."""
+    images = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    batch = preprocess(images, SIZE)
+    assert batch.flags.c_contiguous and batch.shape == (3, 3, SIZE, SIZE)
+    seen: list[bool] = []
+
+    def backend(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.is_contiguous())
+        return x.flatten(1)[:, :2]
+
+    nhwc_view = np.ascontiguousarray(batch.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    logits = TorchRunner("any", backend, max_batch=2)(nhwc_view)
+    assert seen == [True, True] and np.array_equal(logits, batch.reshape(3, -1)[:, :2])
