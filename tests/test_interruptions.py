@@ -65,7 +65,8 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 300, pro
 
 def stage_dir(root: Path) -> Path:
     """What `python -m pipelines.train_student` reads, in its own folder with its own MLflow store."""
-    write_split(root / "data" / "balanced" / "train.npz", 384, 0)
+    # Epochs long enough (~1 s of CPU) that a kill aimed at half an epoch lands inside it on a loaded machine.
+    write_split(root / "data" / "balanced" / "train.npz", 1536, 0)
     write_split(root / "data" / "split" / "val.npz", 96, 1)
     (root / "data" / "balanced" / "manifest.csv").write_text("path,label\n")
     params = {
