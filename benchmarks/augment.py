@@ -7,9 +7,8 @@ installed: `pip install kornia`) and `hdkd.data.augment`, side by side in one ru
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -17,7 +16,7 @@ from torchvision.transforms import v2
 
 from hdkd.data.augment import RandomBatchAugment
 from hdkd.data.loading import IMAGENET_MEAN, IMAGENET_STD
-from hdkd.evaluation.timing import cpu_name
+from hdkd.evaluation.timing import cpu_name, measure_latency
 
 
 def torchvision_per_image() -> Callable[[torch.Tensor], torch.Tensor]:
@@ -59,16 +58,6 @@ def hdkd_batched() -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda batch: normalize(augment(batch.float() / 255))
 
 
-def median_ms(fn: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, repeats: int) -> float:
-    fn(batch)
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - began)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 224])
@@ -80,14 +69,14 @@ def main() -> None:
     candidates["hdkd.data.augment, batched"] = hdkd_batched()
     print(f"batch {args.batch}, 1 thread | {cpu_name()} | 1-min load average {os.getloadavg()[0]:.2f} before")
     print(f"{'':28}" + "".join(f"{f'{size} px: ms':>14}{'vs ours':>9}" for size in args.sizes))
+    available = {name: fn for name, fn in candidates.items() if fn is not None}
+    per_size = []
+    for size in args.sizes:
+        batch = torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8)
+        calls = {name: functools.partial(fn, batch) for name, fn in available.items()}
+        per_size.append(measure_latency(calls, args.repeats))  # interleaved rounds, medians
     timings = {
-        name: [
-            median_ms(fn, torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8), args.repeats)
-            if fn
-            else None
-            for size in args.sizes
-        ]
-        for name, fn in candidates.items()
+        name: [latency[name]["median_ms"] if name in latency else None for latency in per_size] for name in candidates
     }
     ours = timings["hdkd.data.augment, batched"]
     for name, values in timings.items():

@@ -9,7 +9,7 @@ tests/data/test_augment.py, but on the batch: one `grid_sample`, a few blends an
 
 Why not torchvision's transforms or kornia: a transform call costs ~0.1 ms of Python whatever the image size, so
 torchvision's per-image pipeline costs more than the student's training step at the tiny preset. Per batch of 32
-on one thread of a 2-core AVX-512 EPYC (benchmarks/augment.py): 32 px 24.8 ms (torchvision), 6.6 ms (kornia),
+on one thread of an idle 2-core AVX-512 EPYC (benchmarks/augment.py): 32 px 24.8 ms (torchvision), 6.6 ms (kornia),
 2.5 ms (this); 64 px 34.6 / 14.0 / 6.8 ms; 224 px 153 / 334 / 99 ms.
 """
 
