@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -277,8 +278,19 @@ def provision(uri: str, team: Team, passwords: dict[str, str], admin: str) -> li
                     f"{uri} did not accept the admin password: the admin user already exists in the user database "
                     "with another one (MLFLOW_AUTH_ADMIN_PASSWORD or passwords/admin only sets it the first time)"
                 ) from None
-            raise
+            first_line = error.message.splitlines()[0]
+            raise TeamError(
+                f"{uri} could not create the team's users ({first_line}); see the server's output"
+            ) from None
     return said
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A server already answering there would take the requests (and the users) meant for this one."""
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        if probe.connect_ex((client_host(host), port)) == 0:
+            raise TeamError(f"{client_host(host)}:{port} is taken by another server; stop it or choose --port")
 
 
 @dataclass(frozen=True)
@@ -303,6 +315,7 @@ def team_mlflow(
     password, a missing or short password, or a password file others may read."""
     team, passwords = load_team(folder)
     admin = admin_password(folder)
+    check_port_free(host, port)
     warn_exposed(host, "the team MLflow server", authenticated=True)
     with tempfile.TemporaryDirectory(prefix="hdkd-mlflow-auth-") as private:
         env = tool_env(

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ import yaml
 
 from flows.local import prefect_env
 from hdkd.files import atomic_dir, remove_stale_temps
-from hdkd.servers import LOOPBACK, credentials, team_mlflow
+from hdkd.servers import LOOPBACK, TeamError, credentials, team_mlflow
 from tests.helpers import free_port, wait_http
 from tests.pg import postgres_server
 from tests.repo import REPO, VENV_BIN, env, kill_group, make_repo, run, start_group
@@ -851,3 +852,15 @@ def test_a_launcher_stopped_with_sigterm_still_stops_the_servers_it_started():
     launcher.terminate()
     out, _ = launcher.communicate(timeout=30)
     assert out == "servers stopped\n" and launcher.returncode == 128 + signal.SIGTERM
+
+
+def test_team_mlflow_refuses_a_port_another_server_holds(tmp_path):
+    team = write_team(tmp_path)
+    with socket.socket() as other:
+        other.bind((LOOPBACK, 0))
+        other.listen()
+        port = other.getsockname()[1]
+        starting = team_mlflow(team, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), LOOPBACK, port)
+        with pytest.raises(TeamError, match=f"127.0.0.1:{port} is taken by another server; stop it or choose --port"):
+            starting.__enter__()
+    assert not (tmp_path / "mlflow.db").exists()
