@@ -23,8 +23,11 @@ $(VENV)/.installed: pyproject.toml
 # (root on Debian), otherwise make stops before any test with the command that installs it.
 POSTGRES_BIN := $(firstword $(dir $(shell command -v initdb 2>/dev/null)) $(wildcard /usr/lib/postgresql/*/bin/))
 
+# Two pytest workers, a test file each at a time (a file's tests share its slow fixtures), one thread each.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 test: setup postgres
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 postgres:
 ifeq ($(POSTGRES_BIN),)
@@ -39,7 +42,7 @@ endif
 
 # The quick loop: everything but the end-to-end tests and the tests that start a server (marked `slow`).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # dvc.yaml's code deps from the import graph: every module a stage runs, lazy imports too (hdkd/stage_deps.py).
 deps: setup

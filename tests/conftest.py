@@ -6,7 +6,18 @@ import torch
 from tests.helpers import toy_loader
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-torch.set_num_threads(2)
+# `make test` runs two pytest workers on two cores: one thread each, or they fight over the cores.
+torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else 2)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """MLflow's set_tracking_uri/set_registry_uri write MLFLOW_* variables into os.environ: without this a
+    test's store leaks into the subprocesses of every later test in the same worker."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture

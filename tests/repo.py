@@ -27,7 +27,7 @@ TINY = {
 
 
 def env() -> dict[str, str]:
-    """The venv first on PATH (DVC stages call `python`), a git identity, no outside tracking URI."""
+    """The venv first on PATH (DVC stages call `python`), a git identity, no outside tracking or registry URI."""
     values = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
@@ -37,7 +37,8 @@ def env() -> dict[str, str]:
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@localhost",
     }
-    values.pop("MLFLOW_TRACKING_URI", None)
+    for outside in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        values.pop(outside, None)
     return values
 
 
