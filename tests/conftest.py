@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -10,14 +11,26 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(1 if "PYTEST_XDIST_WORKER" in os.environ else 2)
 
 
-@pytest.fixture(autouse=True)
-def _restore_environment():
-    """MLflow's set_tracking_uri/set_registry_uri write MLFLOW_* variables into os.environ: without this a
-    test's store leaks into the subprocesses of every later test in the same worker."""
+@contextlib.contextmanager
+def _environment_restored():
     saved = dict(os.environ)
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+# MLflow's set_tracking_uri/set_registry_uri write MLFLOW_* variables into os.environ: without these a store set
+# by a test (or by a module's fixture, at its teardown) leaks into the subprocesses of later tests in the worker.
+@pytest.fixture(autouse=True)
+def _test_environment_restored():
+    with _environment_restored():
+        yield
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_environment_restored():
+    with _environment_restored():
+        yield
 
 
 @pytest.fixture

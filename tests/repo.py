@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import REPO
@@ -40,6 +41,15 @@ def env() -> dict[str, str]:
     for outside in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         values.pop(outside, None)
     return values
+
+
+def use_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's own environment made `env()`, for code run in-process that starts stages."""
+    values = env()
+    for key in set(os.environ) - set(values):
+        monkeypatch.delenv(key)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
 
 
 def run(

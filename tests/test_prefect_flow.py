@@ -13,7 +13,7 @@ import yaml
 from flows.local import prefect_env
 from hdkd.tracking import use_store
 from tests.helpers import free_port, wait_http
-from tests.repo import VENV_BIN, env, make_repo, run
+from tests.repo import VENV_BIN, env, make_repo, run, use_env
 
 
 def run_flow_in(repo, **parameters):
@@ -33,8 +33,7 @@ def run_flow_in(repo, **parameters):
 
 @pytest.mark.slow
 def test_flow_under_harness_reruns_what_changed_and_leaves_dvc_clean(pipeline_repo, monkeypatch):
-    for key, value in env().items():
-        monkeypatch.setenv(key, value)
+    use_env(monkeypatch)
     state = run_flow_in(pipeline_repo, overrides={"distill.alpha": 0.7})
     assert state.is_completed(), state.message
     assert yaml.safe_load((pipeline_repo / "params.yaml").read_text())["distill"]["alpha"] == 0.7
@@ -43,8 +42,7 @@ def test_flow_under_harness_reruns_what_changed_and_leaves_dvc_clean(pipeline_re
 
 @pytest.mark.slow
 def test_flow_with_invalid_data_fails_with_the_validation_message(tmp_path, monkeypatch):
-    for key, value in env().items():
-        monkeypatch.setenv(key, value)
+    use_env(monkeypatch)
     images = tmp_path / "images"
     from PIL import Image
 
