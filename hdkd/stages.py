@@ -51,9 +51,14 @@ def _training(kind: str) -> Callable[[], Any]:
 
 
 def _tune() -> Any:
+    params = load_params()
+    if not params.tune.enabled:  # nothing to tune: no torch, MLflow or study storage to start
+        from hdkd.tune.report import write_disabled
+
+        return write_disabled(REPO)
     from hdkd.tune.stage import tune_stage
 
-    return tune_stage(load_params())
+    return tune_stage(params)
 
 
 def _evaluate() -> Any:

@@ -13,9 +13,8 @@ from hdkd.files import save_figure, write_json
 from hdkd.kinds import NETWORKS
 from hdkd.layout import REPO, Layout
 from hdkd.tune.best import write_best
-from hdkd.tune.space import TUNED_KINDS, value_of
+from hdkd.tune.space import OBJECTIVE, TUNED_KINDS, value_of
 from hdkd.tune.storage import TuneError
-from hdkd.tune.worker import OBJECTIVE
 
 PLOTS = ("history", "importances", "intermediate")
 

@@ -14,6 +14,8 @@ from optuna.trial import Trial
 from hdkd.config import Choice, DistillParams, FloatRange, Params
 from hdkd.kinds import NETWORKS
 
+OBJECTIVE = "val_macro_f1"  # what every trial reports each epoch and the studies maximise
+
 TUNED_KINDS = ("student", "distilled")  # in this order: the student's study needs no teacher
 
 

@@ -40,9 +40,9 @@ from hdkd.layout import REPO, Layout
 from hdkd.tracking import flat_params, stage_run
 from hdkd.tune.best import write_best
 from hdkd.tune.report import best_overrides, plot_paths, summarize_study, write_disabled, write_plots
-from hdkd.tune.space import TUNED_KINDS, space_for
+from hdkd.tune.space import OBJECTIVE, TUNED_KINDS, space_for
 from hdkd.tune.storage import TuneError, masked, prepare_study
-from hdkd.tune.worker import OBJECTIVE, PARENT_RUN_ATTR, run_workers, wait_for_other_workers
+from hdkd.tune.worker import PARENT_RUN_ATTR, run_workers, wait_for_other_workers
 
 
 def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None) -> dict[str, Any]:

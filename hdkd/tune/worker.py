@@ -26,7 +26,7 @@ from hdkd.layout import REPO, Layout
 from hdkd.tracking import tracking_uri, use_store
 from hdkd.training.callbacks import Callback, MlflowCallback
 from hdkd.training.distributed import share_cores
-from hdkd.tune.space import TUNED_KINDS, space_for, suggest
+from hdkd.tune.space import OBJECTIVE, TUNED_KINDS, space_for, suggest
 from hdkd.tune.storage import (
     HEARTBEAT_SECONDS,
     RETRY,
@@ -39,7 +39,6 @@ from hdkd.tune.storage import (
 )
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: where joining workers nest their trial runs
-OBJECTIVE = "val_macro_f1"
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
 

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -15,6 +18,7 @@ import optuna
 import optuna_dashboard
 import pytest
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from hdkd.config import ConfigError, Params, params_from_dict, with_section
@@ -26,7 +30,7 @@ from hdkd.tune.space import TUNED_KINDS, space_for
 from hdkd.tune.stage import tune_stage
 from hdkd.tune.storage import TuneError, open_storage, study_name
 from hdkd.tune.worker import PARENT_RUN_ATTR, run_worker
-from tests.helpers import toy_images
+from tests.helpers import REPO, toy_images
 from tests.pg import postgres_server
 
 CLASSES = ["a", "b", "c"]
@@ -239,6 +243,27 @@ def test_dashboard_serves_trials_and_intermediate_values(pruned_study):
         assert shown["state"].upper() == trial.state.name
         assert {(p["step"], p["value"]) for p in shown["intermediate_values"]} == set(trial.intermediate_values.items())
     assert any(t["state"].upper() == "PRUNED" and t["intermediate_values"] for t in served.values())
+
+
+def test_the_disabled_tune_stage_starts_neither_torch_nor_mlflow(tmp_path):
+    """Every `hdkd ablate` experiment runs the stage disabled: it writes its outputs in a light process."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["tune"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    probe = (
+        "import sys; from hdkd.stages import run; run('tune'); print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "reports/stages/tune.json").read_text()) == {"enabled": False}
 
 
 def test_disabled_tuning_writes_its_outputs_and_changes_nothing(tmp_path):
