@@ -14,9 +14,7 @@ from hdkd.config import TrainParams
 
 def build_optimizer(model: nn.Module, params: TrainParams) -> tuple[torch.optim.Optimizer, Any]:
     """timm's optimizer and per-epoch scheduler factories (cosine with warm-up, or constant)."""
-    # fused: one kernel updates every parameter, instead of a few small ops per parameter tensor
-    # (benchmarks/train_step.py: the tiny student's step is overhead-bound and gains the most).
-    optimizer = create_optimizer_v2(model, opt=params.opt, lr=params.lr, weight_decay=params.weight_decay, fused=True)
+    optimizer = create_optimizer_v2(model, opt=params.opt, lr=params.lr, weight_decay=params.weight_decay)
     if params.sched == "none":
         return optimizer, None
     scheduler, _ = create_scheduler_v2(
