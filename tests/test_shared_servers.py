@@ -860,7 +860,8 @@ def test_team_mlflow_refuses_a_port_another_server_holds(tmp_path):
         other.bind((LOOPBACK, 0))
         other.listen()
         port = other.getsockname()[1]
-        starting = team_mlflow(team, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"), LOOPBACK, port)
-        with pytest.raises(TeamError, match=f"127.0.0.1:{port} is taken by another server; stop it or choose --port"):
-            starting.__enter__()
+        taken = f"127.0.0.1:{port} is taken by another server; stop it or choose --port"
+        store, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")
+        with pytest.raises(TeamError, match=taken), team_mlflow(team, store, artifacts, LOOPBACK, port):
+            pass
     assert not (tmp_path / "mlflow.db").exists()

@@ -39,7 +39,7 @@ from hdkd.files import write_json
 from hdkd.layout import REPO, Layout
 from hdkd.tracking import flat_params, stage_run
 from hdkd.tune.best import write_best
-from hdkd.tune.report import best_overrides, plot_paths, summarize_study, write_disabled, write_plots
+from hdkd.tune.report import best_overrides, plot_paths, summarize_study, write_plots
 from hdkd.tune.space import OBJECTIVE, TUNED_KINDS, space_for
 from hdkd.tune.storage import TuneError, masked, prepare_study
 from hdkd.tune.worker import PARENT_RUN_ATTR, run_workers, wait_for_other_workers
@@ -50,10 +50,9 @@ def tune_stage(params: Params, layout: Layout = REPO, workers: int | None = None
 
     Writes `reports/tune/<kind>.json` (read by `hdkd.tune.best.apply_best_params` in the student's and HDKD's stages),
     `reports/stages/tune.json` and `reports/plots/tune/<kind>_*.png`; the tune run in MLflow holds one
-    nested run per trial, tagged with its `tune.kind`.
+    nested run per trial, tagged with its `tune.kind`. With `tune.enabled: false` the stage (`hdkd.stages`)
+    calls `write_disabled` instead, in a process that never loads what tuning needs, and `hdkd tune` refuses.
     """
-    if not params.tune.enabled:
-        return write_disabled(layout)
     if not params.tune.space:
         raise TuneError("tune.space is empty: declare the keys to search (see params.yaml) or disable tune")
     shared = sorted(space_for(params, "student"))

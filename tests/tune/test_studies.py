@@ -26,6 +26,7 @@ from hdkd.data.arrays import save_split
 from hdkd.layout import Layout
 from hdkd.training.train import train
 from hdkd.tune.best import apply_best_params
+from hdkd.tune.report import write_disabled
 from hdkd.tune.space import TUNED_KINDS, space_for
 from hdkd.tune.stage import tune_stage
 from hdkd.tune.storage import TuneError, open_storage, study_name
@@ -269,7 +270,7 @@ def test_the_disabled_tune_stage_starts_neither_torch_nor_mlflow(tmp_path):
 def test_disabled_tuning_writes_its_outputs_and_changes_nothing(tmp_path):
     layout = Layout(tmp_path)
     params = make_params("sqlite:///unused.db", enabled=False)
-    assert tune_stage(params, layout) == {"enabled": False}
+    assert write_disabled(layout) == {"enabled": False}
     enabled = make_params("sqlite:///unused.db")
     for kind in TUNED_KINDS:
         assert json.loads(layout.tuned_params(kind).read_text()) == {"enabled": False}
