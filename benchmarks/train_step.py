@@ -1,8 +1,10 @@
-"""Cost of one training step of the plain student, by optimizer implementation and with torch.compile.
+"""Cost of one training step of the plain student, by memory format, optimizer implementation and torch.compile.
 
-A step is forward, cross-entropy, backward and the optimizer's step, at the preset's image size. The optimizer
-is timm's factory, as in training (`hdkd.training.optimizer`), run three ways by PyTorch: its CPU default, a loop
-over the parameters (what training runs); the multi-tensor `foreach` kernels; and the `fused` kernel.
+A step is forward, cross-entropy, backward and the optimizer's step, at the preset's image size. `nchw` is the
+network and batch in PyTorch's default (contiguous) memory format, `loop` the same step in channels_last, as
+training runs it (`hdkd.training.loop`). The optimizer is timm's factory, as in training
+(`hdkd.training.optimizer`), run three ways by PyTorch, all in channels_last: its CPU default, a loop over the
+parameters (what training runs); the multi-tensor `foreach` kernels; and the `fused` kernel.
 With --compile, a `torch.compile`d student joins the same rounds, and the seconds its first two steps took
 (the compilation) are printed beside the per-step gain: compilation pays only where a run has enough steps
 to earn it back. Prints a table of medians and the ratios to the loop.
@@ -26,13 +28,20 @@ from torch import nn
 
 from hdkd.evaluation.timing import cpu_name, measure_latency
 from hdkd.models import PRESETS, build_model
+from hdkd.training.loop import channels_last
 
 IMPLEMENTATIONS: dict[str, dict[str, bool]] = {"loop": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **optimizer: Any) -> Callable[[], None]:
-    """A student step with its own optimizer (AdamW, as `student.opt` says), ready to call repeatedly."""
+def train_step(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, nchw: bool = False, **optimizer: Any
+) -> Callable[[], None]:
+    """A student step with its own optimizer (AdamW, as `student.opt` says), ready to call repeatedly; in
+    channels_last unless `nchw`."""
     model.train()
+    if not nchw:
+        model.to(memory_format=torch.channels_last)
+        images = channels_last(images)
     opt = create_optimizer_v2(model, opt="adamw", lr=2e-3, weight_decay=0.05, **optimizer)
 
     def step() -> None:
@@ -61,10 +70,9 @@ def main() -> None:
         torch.manual_seed(0)
         images = torch.randn(args.batch, 3, size, size)
         labels = torch.randint(0, args.classes, (args.batch,))
-        steps = {
-            name: train_step(build_model("student", preset, args.classes), images, labels, **kwargs)
-            for name, kwargs in IMPLEMENTATIONS.items()
-        }
+        steps = {"nchw": train_step(build_model("student", preset, args.classes), images, labels, nchw=True)}
+        for name, kwargs in IMPLEMENTATIONS.items():
+            steps[name] = train_step(build_model("student", preset, args.classes), images, labels, **kwargs)
         compile_seconds = None
         if args.compile:
             steps["compiled"] = train_step(
