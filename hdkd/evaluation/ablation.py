@@ -10,8 +10,9 @@ it from DVC's run cache.
 The results come back through MLflow: each experiment's evaluate run is tagged `ablation.batch`,
 `ablation.config` and `ablation.seed`, and holds the per-image test predictions. For each configuration
 the report gives the mean and standard deviation over seeds of test accuracy and macro-F1, and the
-paired bootstrap interval of its macro-F1 difference to the plain student, pooled over seeds (an image is
-resampled with all its seeds).
+paired bootstrap interval of its macro-F1 difference to the plain student, pooled over seeds: test images
+(each with all its seeds) and seeds (each with its plain student) are both resampled, so the interval holds
+the seed-to-seed variation of training as well as the test sample's (`stats.paired_difference_ci`).
 """
 
 from __future__ import annotations
@@ -260,8 +261,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
             "",
             f"{summary['test_images']} test images, seeds {summary['seeds']}. Each configuration is compared with "
             "the plain student of the same seed, every network at params.yaml's settings (no tuning); the interval "
-            "is a paired bootstrap of the macro-F1 difference, pooled over seeds (test images resampled with all "
-            "their seeds, 1000 resamples). A verdict is "
+            "is a paired bootstrap of the macro-F1 difference, pooled over seeds (1000 resamples of both the test "
+            "images, each with all its seeds, and the seeds, each with its plain student). A verdict is "
             "'better' or 'worse' only when the interval excludes zero.",
             "",
             pd.DataFrame(table).fillna("").to_markdown(index=False, disable_numparse=True),
