@@ -93,8 +93,9 @@ def test_paired_interval_is_narrower_than_the_two_separate_ones_for_correlated_m
 
 
 def test_a_difference_one_seed_of_three_carries_gets_no_verdict_and_one_every_seed_shows_does():
-    # Pooled over 3 seeds on 300 images: seed 0's distilled network is far better, seeds 1 and 2 are level. Over
-    # images alone that would look like a sure gain; resampling the seeds too shows it rests on one training.
+    # Pooled over 3 seeds on 300 images: the first seed's distilled network is far better, the other two are level
+    # with their plain students. Alone, that first pair is a sure gain; with the seeds resampled, the pooled gain
+    # shows that it rests on one training.
     labels = np.random.default_rng(0).integers(0, CLASSES, 300)
     plain = np.stack([predictions(labels, 0.75, seed) for seed in (1, 2, 3)], axis=1)
     one_lucky_seed = np.stack(
