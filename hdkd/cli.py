@@ -116,12 +116,22 @@ def ablate(
     first_seed: Annotated[int, typer.Option(help="the first student seed")] = 1,
     jobs: Annotated[int | None, typer.Option(help="experiments at once (default: one per core)")] = None,
     params: Annotated[Path, typer.Option(help="params file")] = Path("params.yaml"),
+    report: Annotated[
+        str | None,
+        typer.Option(
+            help="write the report of batch REPORT (e.g. abl-1a2b3c), already run, from its MLflow runs; queues nothing"
+        ),
+    ] = None,
 ) -> None:
     """Seeds x distillation settings as queued DVC experiments; writes reports/ablation.md with intervals."""
     from hdkd.config import load_params
     from hdkd.evaluation.ablation import DEFAULT_CONFIGS
     from hdkd.evaluation.ablation import ablate as run_ablation
+    from hdkd.evaluation.ablation import report as batch_report
 
+    if report is not None:
+        batch_report(load_params(params), report, log=console.print)
+        return
     chosen = [name.strip() for name in configs.split(",") if name.strip()] if configs else list(DEFAULT_CONFIGS)
     run_ablation(load_params(params), chosen, seeds, first_seed, jobs, log=console.print)
 

@@ -310,9 +310,28 @@ def ablate(
         log(f"ablation {batch}: {len(failed)} experiment(s) failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
     summary = summarize(collect(params, tracking_uri, batch), configs, params)
     summary |= {"batch": batch, "wall_seconds": round(time.perf_counter() - began, 1), "failed": failed}
+    _write_report(summary, layout, log)
+    log(f"ablation {batch}: {summary['wall_seconds']:.0f} s; reports/ablation.md, `dvc exp show` lists the runs")
+    return summary
+
+
+def report(params: Params, batch: str, layout: Layout = REPO, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The report of a batch already run, from its MLflow runs: after `hdkd ablate` was stopped while DVC's queue
+    finished its experiments, or to score an old batch with this version's statistics. Writes what `ablate`
+    writes, with no wall time; the configurations are those the batch's runs are tagged with."""
+    from hdkd.tracking import setup_tracking
+
+    results = collect(params, _absolute_uri(setup_tracking(params), layout.root.resolve()), batch)
+    if not results:
+        raise AblationError(f"no finished experiment of ablation batch {batch!r} in MLflow (see `dvc exp show`)")
+    configs = [config for config in CONFIGS if config in {config for config, _ in results}]
+    summary = summarize(results, configs, params) | {"batch": batch, "wall_seconds": None, "failed": []}
+    _write_report(summary, layout, log)
+    return summary
+
+
+def _write_report(summary: dict[str, Any], layout: Layout, log: Callable[[str], None]) -> None:
     write_json(layout.reports / "ablation.json", summary)
     with atomic_path(layout.reports / "ablation.md") as tmp:
         tmp.write_text(markdown(summary))
     log(markdown(summary))
-    log(f"ablation {batch}: {summary['wall_seconds']:.0f} s; reports/ablation.md, `dvc exp show` lists the runs")
-    return summary

@@ -119,6 +119,14 @@ def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path)
     assert ("train_student", "vanilla_kd") not in configs
     assert summary["classes"] == sorted(classes)
 
+    # The report again, from MLflow alone: the same rows, no wall time; a batch that never ran is named.
+    (repo / "reports" / "ablation.json").unlink()
+    run(["hdkd", "ablate", "--report", summary["batch"]], repo)
+    again = json.loads((repo / "reports" / "ablation.json").read_text())
+    assert again["rows"] == rows and again["wall_seconds"] is None
+    missing = run(["hdkd", "ablate", "--report", "abl-000000"], repo, check=False)
+    assert missing.returncode != 0 and "no finished experiment of ablation batch 'abl-000000'" in missing.stderr
+
     run(["dvc", "repro"], repo)  # compile and register on the same own data
     registry = json.loads((repo / "reports" / "registry.json").read_text())
     assert set(registry) == {"hdkd-teacher", "hdkd-student", "hdkd-student-baseline"}
