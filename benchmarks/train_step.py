@@ -3,8 +3,8 @@
 A step is forward, cross-entropy, backward and the optimizer's step, at the preset's image size. `nchw` is the
 network and batch in PyTorch's default (contiguous) memory format, `loop` the same step in channels_last, as
 training runs it (`hdkd.training.loop`). The optimizer is timm's factory, as in training
-(`hdkd.training.optimizer`), run three ways by PyTorch, all in channels_last: its CPU default, a loop over the
-parameters (what training runs); the multi-tensor `foreach` kernels; and the `fused` kernel.
+(`hdkd.training.optimizer`), run three ways by PyTorch, all in channels_last: `loop`, its CPU default, a loop
+over the parameters (what training runs); the multi-tensor `foreach` kernels; and the `fused` kernel.
 With --compile, a `torch.compile`d student joins the same rounds, and the seconds its first two steps took
 (the compilation) are printed beside the per-step gain: compilation pays only where a run has enough steps
 to earn it back. Prints a table of medians and the ratios to the loop.

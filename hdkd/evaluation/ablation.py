@@ -318,14 +318,18 @@ def ablate(
 def report(params: Params, batch: str, layout: Layout = REPO, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The report of a batch already run, from its MLflow runs: after `hdkd ablate` was stopped while DVC's queue
     finished its experiments, or to score an old batch with this version's statistics. Writes what `ablate`
-    writes, with no wall time; the configurations are those the batch's runs are tagged with."""
-    from hdkd.tracking import setup_tracking
+    writes, the configurations being those the batch's runs are tagged with; its wall time and failed
+    experiments are not in MLflow (None)."""
+    from hdkd.tracking import require_store, tracking_uri
 
-    results = collect(params, _absolute_uri(setup_tracking(params), layout.root.resolve()), batch)
+    uri = _absolute_uri(tracking_uri(params), layout.root.resolve())
+    require_store(uri)  # only reads: a missing SQLite store is an error, not a new empty one
+    results = collect(params, uri, batch)
     if not results:
         raise AblationError(f"no finished experiment of ablation batch {batch!r} in MLflow (see `dvc exp show`)")
-    configs = [config for config in CONFIGS if config in {config for config, _ in results}]
-    summary = summarize(results, configs, params) | {"batch": batch, "wall_seconds": None, "failed": []}
+    tagged = {config for config, _ in results}
+    configs = [config for config in CONFIGS if config in tagged]
+    summary = summarize(results, configs, params) | {"batch": batch, "wall_seconds": None, "failed": None}
     _write_report(summary, layout, log)
     return summary
 

@@ -7,11 +7,11 @@ Convergence: a run trains at most `epochs` epochs and stops early once validatio
 for `patience` epochs; `best.pt` is the best epoch's either way.
 
 Memory format: networks and batches are channels_last (NHWC), as timm's `--channels-last`. PyTorch's CPU
-kernels for these networks are faster in it (benchmarks/train_step.py, 2-core AVX-512 EPYC): a student step
-1.26-1.35x at the tiny preset (batch 32, 1 thread), 1.22-1.41x at small, 1.25-1.30x at paper (batch 16,
-2 threads); an epoch on the digits 1.31x. NCHW max-pooling alone ran 9x slower on the tiny maps. Float rounding
-differs from NCHW's, and over a run that moves the trained weights as far as another seed would; the same
-seed still gives the same weights.
+kernels for these networks are faster in it (benchmarks/train_step.py, 2-core AVX-512 EPYC, 1-min load
+0.5-1.9): a student step 1.26-1.35x at the tiny preset (batch 32, 1 thread), 1.22-1.41x at small, 1.25-1.30x
+at paper (batch 16, 2 threads); an epoch on the digits 1.31x. NCHW max-pooling alone ran 9x slower on the tiny
+maps. Float rounding differs from NCHW's, and over a run that moves the trained weights as far as another seed
+would; the same seed still gives the same weights.
 
 Reproducibility: every epoch starts by seeding python, numpy and torch from `(seed, epoch)`,
 so the shuffle, the augmentation and dropout of an epoch depend on nothing else. A run resumed
