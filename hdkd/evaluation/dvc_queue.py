@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,13 @@ def dvc(
 ) -> subprocess.CompletedProcess[str]:
     environment = tool_env(**(env or {}))  # DVC's queue workers start `dvc` and the stages `python` from PATH
     dvc = shutil.which("dvc", path=environment["PATH"]) or "dvc"
-    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
+    # Output goes through files, not pipes: the workers `dvc queue start` leaves running inherit its stdout and
+    # stderr, and reading pipes would wait for them to exit, that is until the whole queue had run.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run([dvc, *args], cwd=root, stdout=out, stderr=err, check=False, env=environment).returncode
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess([dvc, *args], code, out.read(), err.read())
     if check and result.returncode != 0:
         raise QueueError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
     return result

@@ -101,6 +101,8 @@ def test_two_configurations_one_seed_through_the_dvc_queue_on_own_data(tmp_path)
     table = (repo / "reports" / "ablation.md").read_text()
     assert "Feature distillation only (alpha 0)" in table and "Δ macro-F1 vs plain [95% CI]" in table
     assert "HDKD ablation" in result.stdout
+    # Progress while the queue runs: `dvc queue start` returned at once, though its workers went on.
+    assert "ablation: 0 of 3 experiment(s) done" in result.stdout
 
     shown = run(["dvc", "exp", "show", "--no-pager", "--md", "--keep", "ablation.config", "--drop", ".*"], repo)
     assert "feature_only" in shown.stdout and "hdkd" in shown.stdout
