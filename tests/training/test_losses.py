@@ -53,6 +53,21 @@ def test_teacher_features_carry_no_gradient():
     assert teacher[0].grad is None and student[0].grad is not None
 
 
+def test_feature_loss_sends_its_gradient_back_channels_last():
+    """The student's backward pass stays in the channels_last layout it trains in (an NCHW gradient from the
+    loss made every backward op after it mix layouts), and the value is the plain MSE's."""
+    channels_last = torch.channels_last
+    teacher = [torch.randn(2, 8, 4, 4).contiguous(memory_format=channels_last)]
+    weights = torch.randn(2, 8, 4, 4).contiguous(memory_format=channels_last).requires_grad_()
+    student = [weights * 1.0]  # a map inside the graph, as a network's stage output
+    seen: list[torch.Tensor] = []
+    student[0].register_hook(seen.append)
+    loss = feature_distillation_loss(teacher, student, stages=(1,))
+    loss.backward()
+    assert seen[0].is_contiguous(memory_format=channels_last)
+    assert loss.item() == pytest.approx(F.mse_loss(student[0], teacher[0]).item(), rel=1e-6)
+
+
 def test_total_loss_adds_weighted_feature_term():
     torch.manual_seed(1)
     loss = HDKDLoss(lambda_feat=10.0, stages=(1,))
