@@ -59,6 +59,14 @@ def batch_tasks(status: str, batch: str) -> list[str]:
     return [line for line in status.splitlines()[1:] if f" {batch}-" in line and not line.startswith("Worker")]
 
 
+def progress(tasks: Sequence[str]) -> str:
+    """How many experiments of a batch's task lines are done. An experiment can be listed twice while DVC moves
+    it from running to done, so experiments are counted by name, and one is done when no line has it pending."""
+    names = {line.split()[1] for line in tasks}
+    pending = {line.split()[1] for line in tasks if any(word in line for word in ("Queued", "Running"))}
+    return f"ablation: {len(names - pending)} of {len(names)} experiment(s) done"
+
+
 def run_queue(root: Path, jobs: int, log: Callable[[str], None], batch: str, poll_seconds: float = 5.0) -> list[str]:
     """Start `jobs` DVC queue workers and wait until no task of `batch` (a prefix of its experiment names) is
     queued or running; returns its failed task lines. DVC's queue also lists the tasks of earlier batches."""
@@ -78,7 +86,7 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], batch: str, pol
         lines = [line for line in status.splitlines()[1:] if line.strip()]
         tasks = batch_tasks(status, batch)
         pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
-        summary = f"ablation: {len(tasks) - len(pending)} of {len(tasks)} experiment(s) done"
+        summary = progress(tasks)
         if summary != shown:
             log(summary)
             shown = summary

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from hdkd.config import Params, TrainParams
 from hdkd.evaluation.ablation import CONFIGS, AblationError, Experiment, markdown, overrides, plan, summarize
-from hdkd.evaluation.dvc_queue import batch_tasks
+from hdkd.evaluation.dvc_queue import batch_tasks, progress
 from hdkd.tracking import use_store
 from tests import data_layouts as layouts
 from tests.repo import make_repo, run
@@ -38,6 +38,17 @@ Worker status: 1 active, 0 idle
         "abl-aee564-hdkd-t4-s1",
     ]
     assert [line.split()[-1] for line in batch_tasks(status, "abl-49019b")] == ["Failed"]
+
+
+def test_progress_counts_an_experiment_listed_twice_once():
+    # DVC listed an experiment both running and done for a moment while it finished.
+    status = """Task     Name                         Created    Status
+4d022fe  abl-aee564-hdkd-s1           07:30 AM   Running
+2833f70  abl-aee564-hdkd-t4-s1        07:30 AM   Queued
+4d022fe  abl-aee564-hdkd-s1           07:30 AM   Success
+9b1c2aa  abl-aee564-hdkd-s2           07:30 AM   Success
+"""
+    assert progress(batch_tasks(status, "abl-aee564")) == "ablation: 1 of 3 experiment(s) done"
 
 
 def test_every_experiment_runs_untuned_at_its_configuration_and_seed():
