@@ -59,11 +59,16 @@ def batch_tasks(status: str, batch: str) -> list[str]:
     return [line for line in status.splitlines()[1:] if f" {batch}-" in line and not line.startswith("Worker")]
 
 
+def is_pending(task: str) -> bool:
+    """Whether a task line of `dvc queue status` is still queued or running."""
+    return any(word in task for word in ("Queued", "Running"))
+
+
 def progress(tasks: Sequence[str]) -> str:
     """How many experiments of a batch's task lines are done. An experiment can be listed twice while DVC moves
     it from running to done, so experiments are counted by name, and one is done when no line has it pending."""
     names = {line.split()[1] for line in tasks}
-    pending = {line.split()[1] for line in tasks if any(word in line for word in ("Queued", "Running"))}
+    pending = {line.split()[1] for line in tasks if is_pending(line)}
     return f"ablation: {len(names - pending)} of {len(names)} experiment(s) done"
 
 
@@ -85,7 +90,7 @@ def run_queue(root: Path, jobs: int, log: Callable[[str], None], batch: str, pol
         status = dvc(["queue", "status"], root).stdout
         lines = [line for line in status.splitlines()[1:] if line.strip()]
         tasks = batch_tasks(status, batch)
-        pending = [line for line in tasks if any(word in line for word in ("Queued", "Running"))]
+        pending = [line for line in tasks if is_pending(line)]
         summary = progress(tasks)
         if summary != shown:
             log(summary)
