@@ -186,6 +186,8 @@ class CompileParams(_Strict):
     int8_calibration_images: int = Field(64, ge=1)  # from the training split, never test
     int8_min_agreement: float = Field(0.99, gt=0, le=1)  # top-1 agreement with fp32 on the validation split
     int8_max_macro_f1_drop: float = Field(0.01, ge=0, le=1)  # validation macro-F1 may fall at most this much
+    # Accuracy control: convolutions the gate may see left in float, most sensitive first (0: all-int8 or nothing).
+    int8_max_float_share: float = Field(0.5, ge=0, le=1)
 
 
 class DistributedParams(_Strict):

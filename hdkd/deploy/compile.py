@@ -3,6 +3,8 @@
 Targets (`compile.targets`):
   onnx          `student.onnx`, dynamo exporter, dynamic batch, BatchNorm folded, CBAM pooling as global
                 pools; run by ONNX Runtime (full graph optimisation)
+  onnx_int8     `student_int8.onnx`, static int8 (`hdkd.deploy.quantize`), shipped only if its acceptance
+                gate on the validation split passes, with the costliest convolutions left in float if need be
   torch_export  `student.pt2`, a `torch.export` program (`torch.export.load(...).module()`)
   aoti          `student_aoti.pt2`, an AOTInductor package; a C++ build of about a minute even for the
                 tiny preset, so it is a target of its own rather than part of `torch_export`
@@ -32,8 +34,8 @@ from hdkd.config import CompileParams, Params
 from hdkd.deploy.artifacts import ARTIFACT_INDEX, FILES, INPUT_NAME, OUTPUT_NAME, TargetUnavailable
 from hdkd.deploy.export import CompileError, export_aoti, export_onnx, export_program
 from hdkd.deploy.latency import latency_table
-from hdkd.deploy.quantize import acceptance, calibration_images, quantize_int8
-from hdkd.deploy.runtime import Runner, TorchRunner, load_runner, preprocess
+from hdkd.deploy.quantize import Int8Gate, acceptance, calibration_images, with_float_convs
+from hdkd.deploy.runtime import OnnxRunner, Runner, TorchRunner, load_runner, preprocess
 from hdkd.deploy.tensorrt_engines import compile_tensorrt, environment
 from hdkd.evaluation.timing import cpu_name
 from hdkd.files import atomic_dir, sha256_file, write_json
@@ -87,20 +89,35 @@ class Built:
     precision: str
     path: Path
     build_s: float
+    gate: Int8Gate | None = None  # onnx_int8: what its acceptance gate said
+
+
+@dataclass
+class Int8Inputs:
+    """What the int8 target needs beyond the model: training images to calibrate on and to rank convolutions by,
+    and the validation split's gate."""
+
+    calibration: np.ndarray
+    probe: np.ndarray
+    judge: Callable[[Path], tuple[dict[str, Any], str | None]]
+    max_float_share: float
 
 
 def _build_target(
-    target: str, model: nn.Module, folder: Path, image_size: int, max_batch: int, calibration: np.ndarray | None
+    target: str, model: nn.Module, folder: Path, image_size: int, max_batch: int, int8: Int8Inputs | None
 ) -> list[Built]:
     began = time.perf_counter()
+    gate = None
     if target == "onnx":
         paths = {"onnx": export_onnx(model, folder / FILES["onnx"], image_size, max_batch)}
     elif target == "onnx_int8":
-        if calibration is None:
+        if int8 is None:
             raise TargetUnavailable("int8 calibration needs the training split (compile_student(train_data=...))")
         fp32 = folder / FILES["onnx"]
         source = fp32 if fp32.is_file() else export_onnx(model, folder / ".fp32_for_int8.onnx", image_size, max_batch)
-        paths = {"onnx_int8": quantize_int8(source, folder / FILES["onnx_int8"], calibration)}
+        out = folder / FILES["onnx_int8"]
+        gate = with_float_convs(source, out, int8.calibration, int8.probe, int8.judge, int8.max_float_share)
+        paths = {"onnx_int8": out}
         if source != fp32:
             source.unlink()
     elif target == "torch_export":
@@ -114,7 +131,8 @@ def _build_target(
         raise CompileError(f"unknown compile target {target!r}: use one of {list(TARGETS)}")
     seconds = (time.perf_counter() - began) / len(paths)
     return [
-        Built(name, target, "fp16" if name.endswith("fp16") else "fp32", path, seconds) for name, path in paths.items()
+        Built(name, target, "fp16" if name.endswith("fp16") else "fp32", path, seconds, gate)
+        for name, path in paths.items()
     ]
 
 
@@ -144,12 +162,22 @@ def compile_student(
     if len(split.images) == 0:
         raise CompileError(f"{val_data}: the validation split is empty; parity needs images")
     image_size, max_batch, images = int(meta["img_size"]), params.max_batch, split.images
-    calibration = None
-    if "onnx_int8" in params.targets and train_data is not None:
-        picked = calibration_images(load_split(train_data).images, params.int8_calibration_images)
-        calibration = preprocess(picked, image_size)
     eager = TorchRunner("eager", model, max_batch)
     reference = split_logits(eager, images, image_size)
+    int8 = None
+    if "onnx_int8" in params.targets and train_data is not None:
+        train, count = load_split(train_data).images, params.int8_calibration_images
+        int8 = Int8Inputs(
+            calibration=preprocess(calibration_images(train, count), image_size),
+            probe=preprocess(calibration_images(train, count, skip=count), image_size),
+            judge=lambda path: acceptance(
+                reference,
+                split_logits(OnnxRunner("onnx_int8", path, max_batch), images, image_size),
+                split.labels,
+                params,
+            ),
+            max_float_share=params.int8_max_float_share,
+        )
     log(
         f"compile: {meta['kind']} ({meta['preset']}, {image_size} px) from {checkpoint}; parity on {len(images)} images"
     )
@@ -162,7 +190,7 @@ def compile_student(
     with atomic_dir(out_dir) as folder:
         for target in dict.fromkeys(params.targets):
             try:
-                built = _build_target(target, model, folder, image_size, max_batch, calibration)
+                built = _build_target(target, model, folder, image_size, max_batch, int8)
             except TargetUnavailable as reason:
                 metrics[target] = {"status": "skipped", "reason": str(reason)}
                 log(f"compile: {target} skipped: {reason}")
@@ -171,19 +199,24 @@ def compile_student(
             if target == "tensorrt":
                 engines = environment()  # engines run only on this GPU and TensorRT version
             for item in built:
-                entry = {"file": item.path.name, "target": item.target, "precision": item.precision}
+                entry: dict[str, Any] = {"file": item.path.name, "target": item.target, "precision": item.precision}
                 described = {"artifacts": {item.name: entry}, "input": {"max_batch": max_batch}, "tensorrt": engines}
                 runner = load_runner(folder, item.name, described)
-                logits = split_logits(runner, images, image_size)
-                if item.name == "onnx_int8":
-                    stats, refused = acceptance(reference, logits, split.labels, params)
-                    if refused:  # a fast but unfaithful model is not shipped; the stage itself succeeds
+                if item.gate is not None:
+                    stats = {**item.gate.stats, "float_convs": len(item.gate.float_convs), "convs": item.gate.convs}
+                    entry["float_convs"] = item.gate.float_convs
+                    if item.gate.refused:  # a fast but unfaithful model is not shipped; the stage itself succeeds
                         item.path.unlink()
-                        metrics[item.name] = {"status": "rejected", "reason": refused, **stats}
-                        log(f"compile: onnx_int8 rejected: {refused}")
+                        metrics[item.name] = {"status": "rejected", "reason": item.gate.refused, **stats}
+                        log(f"compile: onnx_int8 rejected: {item.gate.refused}")
                         continue
+                    if item.gate.float_convs:
+                        log(
+                            f"compile: onnx_int8 passed its gate with {stats['float_convs']} of {stats['convs']} "
+                            "convolutions in float (the most sensitive, ranked on training images)"
+                        )
                 else:
-                    stats = parity(reference, logits)
+                    stats = parity(reference, split_logits(runner, images, image_size))
                 limit, agreement = thresholds(params, item.precision)
                 if item.name != "onnx_int8" and (failure := parity_failure(item.name, stats, limit, agreement)):
                     failures.append(failure)

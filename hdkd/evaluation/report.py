@@ -240,9 +240,14 @@ def outcome_lines(reports: Path) -> list[str]:
             if isinstance(entry, dict) and entry.get("status") in ("skipped", "rejected"):
                 lines.append(f"compile: {name} {entry['status']} ({entry['reason']})")
             elif isinstance(entry, dict) and "speedup_b1" in entry and name != "eager":
+                float_convs = (
+                    f", {entry['float_convs']} of {entry['convs']} convolutions float"
+                    if entry.get("float_convs")
+                    else ""
+                )
                 lines.append(
                     f"compile: {name} parity max |diff| {entry['max_abs_diff']:.1e}, top-1 agreement "
-                    f"{entry['top1_agreement']:.1%}, batch 1 {entry['speedup_b1']:.2f}x eager"
+                    f"{entry['top1_agreement']:.1%}, batch 1 {entry['speedup_b1']:.2f}x eager{float_convs}"
                 )
     registry = reports / "registry.json"
     if registry.is_file():

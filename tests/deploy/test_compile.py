@@ -18,7 +18,7 @@ from hdkd.config import CompileParams
 from hdkd.deploy.artifacts import ARTIFACT_INDEX, FILES
 from hdkd.deploy.compile import ParityError, compile_student, parity, parity_failure
 from hdkd.deploy.export import CompileError
-from hdkd.deploy.quantize import acceptance, quantize_int8
+from hdkd.deploy.quantize import acceptance, conv_names, conv_sensitivity, quantize_int8, with_float_convs
 from hdkd.deploy.runtime import OnnxRunner, TorchRunner, load_runner, preprocess
 from hdkd.deploy.tensorrt_engines import tensorrt_unavailable
 from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split, write_student
@@ -79,6 +79,46 @@ def test_int8_recipes_quantize_what_they_name(compiled, tmp_path):
     assert "QLinearConv" in ops(qoperator=True) and "Conv" not in ops(qoperator=True)
     every = ops(op_types=("Conv", "MatMul"))
     assert every.count("DequantizeLinear") > stage.count("DequantizeLinear")
+
+
+def float_convs_of(path: Path) -> set[str]:
+    """Convolutions of a QDQ model whose weights are not dequantized from int8, that is, left in float."""
+    graph = onnx.load(str(path)).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    return {node.name for node in graph.node if node.op_type == "Conv" and node.input[1] not in dequantized}
+
+
+def test_accuracy_control_leaves_the_most_sensitive_convolutions_in_float_until_the_gate_passes(compiled, tmp_path):
+    _, out, _ = compiled
+    images = np.random.default_rng(0).standard_normal((16, 3, SIZE, SIZE)).astype(np.float32)
+    calibration, probe, fp32 = images[:8], images[8:], out / FILES["onnx"]
+    ranked = conv_sensitivity(fp32, calibration, probe, tmp_path)
+    assert sorted(conv for conv, _ in ranked) == sorted(conv_names(fp32)) and len(ranked) >= 4
+    assert [error for _, error in ranked] == sorted(error for _, error in ranked)
+
+    seen: list[set[str]] = []
+
+    def judge(path: Path) -> tuple[dict, str | None]:  # a gate that passes once three convolutions are float
+        seen.append(float_convs_of(path))
+        return {"top1_agreement": 0.5}, None if len(seen[-1]) >= 3 else "too far from fp32"
+
+    gate = with_float_convs(fp32, tmp_path / "int8.onnx", calibration, probe, judge, max_float_share=1.0)
+    assert gate.refused is None and gate.float_convs == [conv for conv, _ in ranked[:3]]
+    assert seen == [set(), set(gate.float_convs[:1]), set(gate.float_convs[:2]), set(gate.float_convs)]
+    assert float_convs_of(tmp_path / "int8.onnx") == set(gate.float_convs) and gate.convs == len(ranked)
+
+    def refuse(path: Path) -> tuple[dict, str | None]:
+        seen.append(float_convs_of(path))
+        return {}, "too far from fp32"
+
+    seen.clear()
+    gate = with_float_convs(fp32, tmp_path / "int8.onnx", calibration, probe, refuse, max_float_share=0.5)
+    most = len(ranked) // 2
+    assert len(seen) == most + 1 and len(gate.float_convs) == most
+    assert gate.refused == f"too far from fp32 (with the {most} most sensitive of {len(ranked)} convolutions in float)"
+    seen.clear()
+    gate = with_float_convs(fp32, tmp_path / "int8.onnx", calibration, probe, refuse, max_float_share=0.0)
+    assert seen == [set()] and gate.refused == "too far from fp32" and gate.float_convs == []
 
 
 @pytest.mark.skipif(tensorrt_unavailable() is None, reason="CUDA and torch-tensorrt are present here")
@@ -194,9 +234,12 @@ def test_int8_target_is_calibrated_on_train_images_and_accepted_or_refused_by_it
         int8["val_macro_f1_fp32"] - int8["val_macro_f1_int8"] <= params.int8_max_macro_f1_drop
     )
     assert (int8["status"] == "built") == expected
+    assert int8["float_convs"] <= params.int8_max_float_share * int8["convs"]
     manifest = json.loads((out / ARTIFACT_INDEX).read_text())
     if expected:
         assert (out / FILES["onnx_int8"]).is_file() and "speedup_b1" in int8
+        float_convs = manifest["artifacts"]["onnx_int8"]["float_convs"]
+        assert len(float_convs) == int8["float_convs"] and float_convs_of(out / FILES["onnx_int8"]) == set(float_convs)
         picture = tmp_path / "img.png"
         Image.fromarray(toy_images(1, 3, SIZE, seed=9)[0][0]).save(picture)
         command = ["predict", str(picture), "--model", str(out), "--backend", "onnx_int8", "--json"]
