@@ -130,8 +130,9 @@ def _build_target(
     else:
         raise CompileError(f"unknown compile target {target!r}: use one of {list(TARGETS)}")
     seconds = (time.perf_counter() - began) / len(paths)
+    precision = "int8" if target == "onnx_int8" else "fp32"  # of the weights; int8 models still take float32 input
     return [
-        Built(name, target, "fp16" if name.endswith("fp16") else "fp32", path, seconds, gate)
+        Built(name, target, "fp16" if name.endswith("fp16") else precision, path, seconds, gate)
         for name, path in paths.items()
     ]
 

@@ -238,6 +238,7 @@ def test_int8_target_is_calibrated_on_train_images_and_accepted_or_refused_by_it
     manifest = json.loads((out / ARTIFACT_INDEX).read_text())
     if expected:
         assert (out / FILES["onnx_int8"]).is_file() and "speedup_b1" in int8
+        assert manifest["artifacts"]["onnx_int8"]["precision"] == "int8"
         float_convs = manifest["artifacts"]["onnx_int8"]["float_convs"]
         assert len(float_convs) == int8["float_convs"] and float_convs_of(out / FILES["onnx_int8"]) == set(float_convs)
         picture = tmp_path / "img.png"
