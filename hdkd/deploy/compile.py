@@ -101,6 +101,7 @@ class Int8Inputs:
     probe: np.ndarray
     judge: Callable[[Path], tuple[dict[str, Any], str | None]]
     max_float_share: float
+    log: Callable[[str], None]
 
 
 def _build_target(
@@ -116,7 +117,7 @@ def _build_target(
         fp32 = folder / FILES["onnx"]
         source = fp32 if fp32.is_file() else export_onnx(model, folder / ".fp32_for_int8.onnx", image_size, max_batch)
         out = folder / FILES["onnx_int8"]
-        gate = with_float_convs(source, out, int8.calibration, int8.probe, int8.judge, int8.max_float_share)
+        gate = with_float_convs(source, out, int8.calibration, int8.probe, int8.judge, int8.max_float_share, int8.log)
         paths = {"onnx_int8": out}
         if source != fp32:
             source.unlink()
@@ -178,6 +179,7 @@ def compile_student(
                 params,
             ),
             max_float_share=params.int8_max_float_share,
+            log=log,
         )
     log(
         f"compile: {meta['kind']} ({meta['preset']}, {image_size} px) from {checkpoint}; parity on {len(images)} images"

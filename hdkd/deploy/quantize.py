@@ -169,6 +169,7 @@ def with_float_convs(
     probe: np.ndarray,
     judge: Callable[[Path], tuple[dict[str, Any], str | None]],
     max_float_share: float,
+    log: Callable[[str], None] = print,
 ) -> Int8Gate:
     """The stage's int8 model, with accuracy control as NNCF's `quantize_with_accuracy_control` does it: when
     `judge` (the acceptance gate on the validation split) refuses the all-int8 model, leave the convolutions
@@ -180,11 +181,13 @@ def with_float_convs(
     stats, refused = judge(quantize_int8(fp32_model, out, calibration))
     if refused is None or most_float == 0:
         return Int8Gate(stats, refused, [], convs)
+    log(f"compile: onnx_int8 missed its gate ({refused}); ranking its {convs} convolutions on training images")
     ranked = [conv for conv, _ in conv_sensitivity(fp32_model, calibration, probe, out.parent)]
     for count in range(1, most_float + 1):
         stats, refused = judge(quantize_int8(fp32_model, out, calibration, keep_float=ranked[:count]))
         if refused is None:
             break
+        log(f"compile: onnx_int8 with {count} of {convs} convolutions in float: {refused}")
     if refused is not None:
         refused += f" (with the {count} most sensitive of {convs} convolutions in float)"
     return Int8Gate(stats, refused, ranked[:count], convs)

@@ -102,8 +102,11 @@ def test_accuracy_control_leaves_the_most_sensitive_convolutions_in_float_until_
         seen.append(float_convs_of(path))
         return {"top1_agreement": 0.5}, None if len(seen[-1]) >= 3 else "too far from fp32"
 
-    gate = with_float_convs(fp32, tmp_path / "int8.onnx", calibration, probe, judge, max_float_share=1.0)
+    lines: list[str] = []
+    gate = with_float_convs(fp32, tmp_path / "int8.onnx", calibration, probe, judge, 1.0, lines.append)
     assert gate.refused is None and gate.float_convs == [conv for conv, _ in ranked[:3]]
+    assert len(lines) == 3 and "missed its gate (too far from fp32)" in lines[0]
+    assert lines[2].endswith(f"with 2 of {len(ranked)} convolutions in float: too far from fp32")
     assert seen == [set(), set(gate.float_convs[:1]), set(gate.float_convs[:2]), set(gate.float_convs)]
     assert float_convs_of(tmp_path / "int8.onnx") == set(gate.float_convs) and gate.convs == len(ranked)
 
