@@ -34,7 +34,7 @@ from compile_latency import benchmark_student
 
 from hdkd.config import CompileParams
 from hdkd.deploy.export import export_onnx
-from hdkd.deploy.quantize import acceptance, calibration_images, quantize_int8, with_float_convs
+from hdkd.deploy.quantize import acceptance, calibration_and_probe, quantize_int8, with_float_convs
 from hdkd.deploy.runtime import OnnxRunner, Runner, preprocess
 from hdkd.evaluation.timing import cpu_name, measure_latency
 from hdkd.models import PRESETS
@@ -149,8 +149,7 @@ def main() -> None:
         from hdkd.data.loading import load_split
 
         train = load_split(args.val.with_name("train.npz")).images
-        calibration = preprocess(calibration_images(train, args.calibration), size)
-        probe = preprocess(calibration_images(train, args.calibration, skip=args.calibration), size)
+        calibration, probe = (preprocess(part, size) for part in calibration_and_probe(train, args.calibration))
     else:
         calibration = torch.randn(args.calibration, 3, size, size, generator=torch.Generator().manual_seed(1)).numpy()
     image = torch.randn(1, 3, size, size).numpy()

@@ -34,7 +34,7 @@ from hdkd.config import CompileParams, Params
 from hdkd.deploy.artifacts import ARTIFACT_INDEX, FILES, INPUT_NAME, OUTPUT_NAME, TargetUnavailable
 from hdkd.deploy.export import CompileError, export_aoti, export_onnx, export_program
 from hdkd.deploy.latency import latency_table
-from hdkd.deploy.quantize import Int8Gate, acceptance, calibration_images, with_float_convs
+from hdkd.deploy.quantize import Int8Gate, acceptance, calibration_and_probe, with_float_convs
 from hdkd.deploy.runtime import OnnxRunner, Runner, TorchRunner, load_runner, preprocess
 from hdkd.deploy.tensorrt_engines import compile_tensorrt, environment
 from hdkd.evaluation.timing import cpu_name
@@ -168,10 +168,10 @@ def compile_student(
     reference = split_logits(eager, images, image_size)
     int8 = None
     if "onnx_int8" in params.targets and train_data is not None:
-        train, count = load_split(train_data).images, params.int8_calibration_images
+        calibration, probe = calibration_and_probe(load_split(train_data).images, params.int8_calibration_images)
         int8 = Int8Inputs(
-            calibration=preprocess(calibration_images(train, count), image_size),
-            probe=preprocess(calibration_images(train, count, skip=count), image_size),
+            calibration=preprocess(calibration, image_size),
+            probe=preprocess(probe, image_size),
             judge=lambda path: acceptance(
                 reference,
                 split_logits(OnnxRunner("onnx_int8", path, max_batch), images, image_size),
@@ -204,7 +204,6 @@ def compile_student(
             for item in built:
                 entry: dict[str, Any] = {"file": item.path.name, "target": item.target, "precision": item.precision}
                 described = {"artifacts": {item.name: entry}, "input": {"max_batch": max_batch}, "tensorrt": engines}
-                runner = load_runner(folder, item.name, described)
                 if item.gate is not None:
                     stats = {**item.gate.stats, "float_convs": len(item.gate.float_convs), "convs": item.gate.convs}
                     entry["float_convs"] = item.gate.float_convs
@@ -218,7 +217,8 @@ def compile_student(
                             f"compile: onnx_int8 passed its gate with {stats['float_convs']} of {stats['convs']} "
                             "convolutions in float (the most sensitive, ranked on training images)"
                         )
-                else:
+                runner = load_runner(folder, item.name, described)
+                if item.gate is None:
                     stats = parity(reference, split_logits(runner, images, image_size))
                 limit, agreement = thresholds(params, item.precision)
                 if item.name != "onnx_int8" and (failure := parity_failure(item.name, stats, limit, agreement)):

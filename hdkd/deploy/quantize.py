@@ -63,11 +63,13 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def calibration_images(images: np.ndarray, count: int, seed: int = 0, skip: int = 0) -> np.ndarray:
-    """`count` training images drawn without replacement (all of them when there are fewer); `skip` passes over
-    the first draws, so that `skip=count` gives images disjoint from the calibration set."""
-    pick = np.random.default_rng(seed).permutation(len(images))[skip : skip + count]
-    return images[np.sort(pick)]
+def calibration_and_probe(images: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` training images drawn without replacement to calibrate on (all of them when there are fewer),
+    and up to `count` others to rank convolutions on (`conv_sensitivity`); a split too small to spare any ranks
+    them on the calibration images."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    calibration, probe = images[np.sort(order[:count])], images[np.sort(order[count : 2 * count])]
+    return calibration, probe if len(probe) else calibration
 
 
 def quantize_int8(

@@ -18,7 +18,14 @@ from hdkd.config import CompileParams
 from hdkd.deploy.artifacts import ARTIFACT_INDEX, FILES
 from hdkd.deploy.compile import ParityError, compile_student, parity, parity_failure
 from hdkd.deploy.export import CompileError
-from hdkd.deploy.quantize import acceptance, conv_names, conv_sensitivity, quantize_int8, with_float_convs
+from hdkd.deploy.quantize import (
+    acceptance,
+    calibration_and_probe,
+    conv_names,
+    conv_sensitivity,
+    quantize_int8,
+    with_float_convs,
+)
 from hdkd.deploy.runtime import OnnxRunner, TorchRunner, load_runner, preprocess
 from hdkd.deploy.tensorrt_engines import tensorrt_unavailable
 from tests.helpers import CLASSES, FAST, SIZE, compiled_student, toy_images, write_split, write_student
@@ -252,6 +259,16 @@ def test_int8_target_is_calibrated_on_train_images_and_accepted_or_refused_by_it
         assert json.loads(result.stdout)["class"] in CLASSES
     else:
         assert not (out / FILES["onnx_int8"]).exists() and manifest["rejected"]["onnx_int8"] == int8["reason"]
+
+
+def test_convolutions_are_ranked_on_training_images_outside_the_calibration_set():
+    images = np.arange(200)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    calibration, probe = calibration_and_probe(images, 64)
+    assert len(calibration) == len(probe) == 64 and not set(calibration[:, 0, 0, 0]) & set(probe[:, 0, 0, 0])
+    calibration, probe = calibration_and_probe(images[:100], 64)
+    assert len(probe) == 36 and not set(calibration[:, 0, 0, 0]) & set(probe[:, 0, 0, 0])
+    calibration, probe = calibration_and_probe(images[:40], 64)  # nothing to spare: ranked on the calibration set
+    assert len(calibration) == 40 and np.array_equal(probe, calibration)
 
 
 def test_int8_acceptance_names_what_it_missed():
