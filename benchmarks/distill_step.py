@@ -2,11 +2,14 @@
 
 Times, interleaved and repeated in one process: a plain student step, an HDKD step (teacher
 forward + student forward/backward with both losses) for each teacher precision asked for
-(`distill.teacher_dtype`: fp32, bf16, auto) and the prepared teacher's bare forward pass in each.
+(`distill.teacher_dtype`: fp32, bf16, auto) and the prepared teacher's bare forward pass in each; with
+--compile-teacher also each precision with the teacher under `torch.compile` (what `HDKD_COMPILE_TEACHER=1`
+does), side by side with the eager one (the warm-up rounds absorb the compilation).
 Prints a table of medians and the HDKD/student ratios; with --json the last line is one JSON object.
 
     python benchmarks/distill_step.py --preset paper --batch 16
     python benchmarks/distill_step.py --preset small --teacher-dtypes fp32,bf16
+    python benchmarks/distill_step.py --preset paper --teacher-dtypes bf16 --compile-teacher
 """
 
 from __future__ import annotations
@@ -52,10 +55,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--classes", type=int, default=7)
     parser.add_argument("--teacher-dtypes", default="fp32,bf16", help="distill.teacher_dtype values to compare")
+    parser.add_argument("--compile-teacher", action="store_true", help="also each precision with a compiled teacher")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    dtypes = args.teacher_dtypes.split(",")
+    variants = {dtype: (dtype, False) for dtype in args.teacher_dtypes.split(",")}
+    if args.compile_teacher:
+        variants |= {f"{dtype} compiled": (dtype, True) for dtype in args.teacher_dtypes.split(",")}
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.image_size or PRESETS[args.preset].img_size
@@ -76,7 +82,7 @@ def main() -> None:
             progress=False,
         )
         hdkd = {
-            dtype: Trainer(
+            variant: Trainer(
                 build_model("distilled", args.preset, args.classes, img_size=size),
                 "distilled",
                 DistillParams(**params.model_dump(), teacher_dtype=dtype),
@@ -86,8 +92,11 @@ def main() -> None:
                 teacher=teacher,
                 progress=False,
             )
-            for dtype in dtypes
+            for variant, (dtype, _) in variants.items()
         }
+        for variant, (_, compiled) in variants.items():
+            if compiled:  # as prepare_teacher(compile=True) does: the prepared teacher under torch.compile
+                hdkd[variant].teacher = torch.compile(hdkd[variant].teacher)
         student.model.train()
         cases: dict[str, Callable[[], object]] = {"student step": lambda: student.step(images, labels)}
         for dtype, trainer in hdkd.items():
@@ -108,16 +117,16 @@ def main() -> None:
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
-    ratios = {dtype: medians[f"HDKD step, {dtype} teacher"] / medians["student step"] for dtype in dtypes}
-    cpu_ratios = {dtype: cpu[f"HDKD step, {dtype} teacher"] / cpu["student step"] for dtype in dtypes}
+    ratios = {variant: medians[f"HDKD step, {variant} teacher"] / medians["student step"] for variant in variants}
+    cpu_ratios = {variant: cpu[f"HDKD step, {variant} teacher"] / cpu["student step"] for variant in variants}
     print(
         f"preset {args.preset}, batch {args.batch}, {size} px, {torch.get_num_threads()} threads, "
         f"{cpu_name()}, native bf16: {fast_bf16('cpu')}, {args.repeats} repeats (median)"
     )
     print(f"1-min load average {load_before:.2f} before timing, {load_after:.2f} after ({os.cpu_count()} cores)")
-    print(f"{'case':<28}{'median s':>10}{'min s':>10}{'x student':>11}{'CPU s':>10}{'x student':>11}")
+    print(f"{'case':<37}{'median s':>10}{'min s':>10}{'x student':>11}{'CPU s':>10}{'x student':>11}")
     for name, values in times.items():
-        line = f"{name:<28}{medians[name]:>10.4f}{min(values):>10.4f}{medians[name] / medians['student step']:>11.2f}"
+        line = f"{name:<37}{medians[name]:>10.4f}{min(values):>10.4f}{medians[name] / medians['student step']:>11.2f}"
         print(line + f"{cpu[name]:>10.4f}{cpu[name] / cpu['student step']:>11.2f}")
     for label, by_dtype in (("wall clock", ratios), ("CPU time", cpu_ratios)):
         print(f"HDKD / student, {label}: " + ", ".join(f"{r:.2f} ({dtype} teacher)" for dtype, r in by_dtype.items()))
