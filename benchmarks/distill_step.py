@@ -99,11 +99,11 @@ def main() -> None:
                 hdkd[variant].teacher = torch.compile(hdkd[variant].teacher)
         student.model.train()
         cases: dict[str, Callable[[], object]] = {"student step": lambda: student.step(images, labels)}
-        for dtype, trainer in hdkd.items():
+        for variant, trainer in hdkd.items():
             trainer.model.train()
-            cases[f"HDKD step, {dtype} teacher"] = functools.partial(trainer.step, images, labels)
-        for dtype, trainer in hdkd.items():
-            cases[f"teacher forward, {dtype}"] = functools.partial(_teacher_forward, trainer.teacher, images)
+            cases[f"HDKD step, {variant} teacher"] = functools.partial(trainer.step, images, labels)
+        for variant, trainer in hdkd.items():
+            cases[f"teacher forward, {variant}"] = functools.partial(_teacher_forward, trainer.teacher, images)
         times: dict[str, list[float]] = {name: [] for name in cases}
         cpu_times: dict[str, list[float]] = {name: [] for name in cases}
         load_before = os.getloadavg()[0]
@@ -128,8 +128,8 @@ def main() -> None:
     for name, values in times.items():
         line = f"{name:<37}{medians[name]:>10.4f}{min(values):>10.4f}{medians[name] / medians['student step']:>11.2f}"
         print(line + f"{cpu[name]:>10.4f}{cpu[name] / cpu['student step']:>11.2f}")
-    for label, by_dtype in (("wall clock", ratios), ("CPU time", cpu_ratios)):
-        print(f"HDKD / student, {label}: " + ", ".join(f"{r:.2f} ({dtype} teacher)" for dtype, r in by_dtype.items()))
+    for label, by_variant in (("wall clock", ratios), ("CPU time", cpu_ratios)):
+        print(f"HDKD / student, {label}: " + ", ".join(f"{r:.2f} ({v} teacher)" for v, r in by_variant.items()))
     if args.json:
         summary = {"preset": args.preset, "batch": args.batch, "image_size": size, "cpu": cpu_name()}
         summary |= {"threads": torch.get_num_threads(), "median_s": medians, "cpu_s": cpu}

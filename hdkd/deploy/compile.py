@@ -204,29 +204,37 @@ def compile_student(
             for item in built:
                 entry: dict[str, Any] = {"file": item.path.name, "target": item.target, "precision": item.precision}
                 described = {"artifacts": {item.name: entry}, "input": {"max_batch": max_batch}, "tensorrt": engines}
+                counts: dict[str, int] = {}
                 if item.gate is not None:
-                    stats = {**item.gate.stats, "float_convs": len(item.gate.float_convs), "convs": item.gate.convs}
+                    stats = item.gate.stats
+                    counts = {"float_convs": len(item.gate.float_convs), "convs": item.gate.convs}
                     entry["float_convs"] = item.gate.float_convs
                     if item.gate.refused:  # a fast but unfaithful model is not shipped; the stage itself succeeds
                         item.path.unlink()
-                        metrics[item.name] = {"status": "rejected", "reason": item.gate.refused, **stats}
+                        metrics[item.name] = {"status": "rejected", "reason": item.gate.refused, **stats, **counts}
                         log(f"compile: onnx_int8 rejected: {item.gate.refused}")
                         continue
                     if item.gate.float_convs:
                         log(
-                            f"compile: onnx_int8 passed its gate with {stats['float_convs']} of {stats['convs']} "
+                            f"compile: onnx_int8 passed its gate with {counts['float_convs']} of {counts['convs']} "
                             "convolutions in float (the most sensitive, ranked on training images)"
                         )
                 runner = load_runner(folder, item.name, described)
                 if item.gate is None:
                     stats = parity(reference, split_logits(runner, images, image_size))
-                limit, agreement = thresholds(params, item.precision)
-                if item.name != "onnx_int8" and (failure := parity_failure(item.name, stats, limit, agreement)):
-                    failures.append(failure)
+                    limit, agreement = thresholds(params, item.precision)
+                    if failure := parity_failure(item.name, stats, limit, agreement):
+                        failures.append(failure)
                 runners[item.name] = runner
                 size_mb = item.path.stat().st_size / 2**20
                 artifacts[item.name] = {**entry, "sha256": sha256_file(item.path), "parity": stats}
-                metrics[item.name] = {"status": "built", **stats, "build_s": round(item.build_s, 2), "size_mb": size_mb}
+                metrics[item.name] = {
+                    "status": "built",
+                    **stats,
+                    **counts,
+                    "build_s": round(item.build_s, 2),
+                    "size_mb": size_mb,
+                }
                 log(
                     f"compile: {item.name} built in {item.build_s:.1f} s ({size_mb:.1f} MB): max |logit diff| "
                     f"{stats['max_abs_diff']:.2g}, top-1 agreement {stats['top1_agreement']:.2%}"
