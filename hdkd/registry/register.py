@@ -1,8 +1,8 @@
 """MLflow model registry: register trained networks, alias new versions, promote a champion.
 
 A version is added only for a model that differs from every version of its name: another checkpoint
-(sha256), another training run, or for `hdkd-student` other compiled artifacts; otherwise the stage says
-"unchanged: version N kept" and moves no alias. Every new version gets the alias `challenger`; `champion`
+(sha256; the same weights give the same bytes) or, for `hdkd-student`, other compiled artifacts; otherwise
+the stage says "unchanged: version N kept" and moves no alias. Every new version gets the alias `challenger`; `champion`
 is given automatically only to the first version of a model. After that a person promotes, in the MLflow
 UI (set the alias `champion` on a version) or with `hdkd promote NAME VERSION`; either way the version's
 description already holds its lineage (`lineage.py`) and its paired verdict against the champion
@@ -16,6 +16,7 @@ registered as the PyTorch models their training runs logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from hdkd.config import Params
 from hdkd.data.arrays import load_split
-from hdkd.deploy.artifacts import ARTIFACT_INDEX
+from hdkd.deploy.artifacts import ARTIFACT_INDEX, read_artifact_index
 from hdkd.deploy.pyfunc import log_compiled_artifacts, log_student_pyfunc
 from hdkd.evaluation.report import ReportError, comparison, comparison_sentence, model_reports
 from hdkd.files import sha256_file, write_json
@@ -56,12 +57,14 @@ def register_version(client: MlflowClient, name: str, model_uri: str, tags: dict
     return {"version": int(version.version), "aliases": sorted(aliases), "source": model_uri, "new": True}
 
 
-def model_identity(kind: str, run_id: str, layout: Layout) -> dict[str, str]:
-    """What makes two versions the same model: its checkpoint and training run, and for the HDKD student
-    (registered with its compiled artifacts) the index of those artifacts."""
-    identity = {"run_id": run_id, "checkpoint_sha256": sha256_file(layout.checkpoint(kind))}
+def model_identity(kind: str, layout: Layout) -> dict[str, str]:
+    """What makes two versions the same model: its checkpoint's bytes and, for the HDKD student (registered with
+    its compiled artifacts), theirs. Not the training run: a stage rerun by a code change that trains the very
+    same weights adds no version. Not the compiled index either: it holds latencies, which differ every run."""
+    identity = {"checkpoint_sha256": sha256_file(layout.checkpoint(kind))}
     if kind == "distilled" and (compiled := compiled_dir(layout)) is not None:
-        identity["compiled_sha256"] = sha256_file(compiled / ARTIFACT_INDEX)
+        built = {name: entry["sha256"] for name, entry in read_artifact_index(compiled)["artifacts"].items()}
+        identity["compiled_sha256"] = hashlib.sha256(json.dumps(built, sort_keys=True).encode()).hexdigest()
     return identity
 
 
@@ -158,7 +161,7 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
     for kind, network in NETWORKS.items():
         name = network.registered_name
         logged = json.loads(layout.logged_model(kind).read_text())
-        identity = model_identity(kind, logged["run_id"], layout)
+        identity = model_identity(kind, layout)
         if (kept := same_model(client, name, identity)) is not None:
             registered[name] = {
                 "version": int(kept.version),
@@ -176,6 +179,7 @@ def register(params: Params, layout: Layout = REPO) -> dict[str, Any]:
             "preset": params.model.preset,
             "block": params.model.block,
             **identity,
+            "run_id": logged["run_id"],
             "val_macro_f1": f"{metrics['val_macro_f1']:.4f}",
             "classes": json.dumps(list(classes)),
             # the split at hand, unless the evaluate run that tested the model names its own (lineage_tags)

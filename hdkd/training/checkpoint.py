@@ -48,9 +48,11 @@ _REMEDY = "use a best.pt or last.pt written by `hdkd train` or the training stag
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a kill during the write leaves the previous file intact."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Write atomically: a kill during the write leaves the previous file intact. The same payload always gives
+    the same bytes, so the registry can tell a retrained but identical model by its sha256: saved to a path,
+    torch.save names the archive inside after the file, here a temporary name that differs every time."""
+    with atomic_path(path) as tmp, tmp.open("wb") as file:
+        torch.save(payload, file)
 
 
 def _unsafe_globals(path: Path) -> str:
