@@ -7,9 +7,19 @@ forward + student forward/backward with both losses) for each teacher precision 
 does), side by side with the eager one (the warm-up rounds absorb the compilation).
 Prints a table of medians and the HDKD/student ratios; with --json the last line is one JSON object.
 
+Against the machine itself: in the same rounds it times a 2048^3 matmul in fp32 and in bf16 (torch, the same
+threads) and prints each step's and teacher forward's multiply-accumulates per second as a share of the peak of
+its precision; the MACs are PyTorch's FLOP counter's for a forward pass (convolutions and matmuls), a training
+step counted as three forward passes (the backward pass computes the gradients of inputs and of weights, each as
+many MACs as the forward). The counter's own `convolution_backward` count is not used: it counts a depthwise
+convolution's backward as a dense one (14x the forward at the small preset). With --goal R it also says at what
+MAC rate, relative to a student step's, the teacher's forward would have to run for an HDKD step to cost at most
+R student steps.
+
     python benchmarks/distill_step.py --preset paper --batch 16
     python benchmarks/distill_step.py --preset small --teacher-dtypes fp32,bf16
     python benchmarks/distill_step.py --preset paper --teacher-dtypes bf16 --compile-teacher
+    python benchmarks/distill_step.py --preset small --teacher-dtypes bf16 --goal 1.25
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import torch
 from hdkd.config import DistillParams, TrainParams
 from hdkd.evaluation.timing import cpu_name
 from hdkd.models import PRESETS, build_model
+from hdkd.models.complexity import count_macs
 from hdkd.models.fuse import fast_bf16
 from hdkd.training.loop import Trainer
 
@@ -46,6 +57,15 @@ def _teacher_forward(teacher: torch.nn.Module | None, images: torch.Tensor) -> N
         teacher(images, return_features=True)
 
 
+PEAK_SIZE = 2048  # as benchmarks/compile_latency.py: a square matmul this large runs at the kernels' best rate
+
+
+def _matmul_peak(dtype: torch.dtype) -> Callable[[], object]:
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(PEAK_SIZE, PEAK_SIZE, generator=generator).to(dtype) for _ in range(2))
+    return lambda: torch.mm(a, b)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
@@ -57,6 +77,7 @@ def main() -> None:
     parser.add_argument("--teacher-dtypes", default="fp32,bf16", help="distill.teacher_dtype values to compare")
     parser.add_argument("--compile-teacher", action="store_true", help="also each precision with a compiled teacher")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--goal", type=float, default=None, help="an HDKD/student ratio to say what it would take")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     variants = {dtype: (dtype, False) for dtype in args.teacher_dtypes.split(",")}
@@ -104,6 +125,14 @@ def main() -> None:
             cases[f"HDKD step, {variant} teacher"] = functools.partial(trainer.step, images, labels)
         for variant, trainer in hdkd.items():
             cases[f"teacher forward, {variant}"] = functools.partial(_teacher_forward, trainer.teacher, images)
+        # The prepared teacher's fused convolutions are invisible to the FLOP counter: its arithmetic is the
+        # unprepared teacher's, the same convolutions.
+        teacher_macs = count_macs(teacher, size) * args.batch
+        macs = {"student step": 3 * count_macs(student.net, size) * args.batch}
+        hdkd_step = 3 * count_macs(next(iter(hdkd.values())).net, size) * args.batch + teacher_macs
+        macs |= {name: hdkd_step for name in cases if name.startswith("HDKD step")}
+        macs |= {name: teacher_macs for name in cases if name.startswith("teacher forward")}
+        cases |= {"peak fp32 matmul": _matmul_peak(torch.float32), "peak bf16 matmul": _matmul_peak(torch.bfloat16)}
         times: dict[str, list[float]] = {name: [] for name in cases}
         cpu_times: dict[str, list[float]] = {name: [] for name in cases}
         load_before = os.getloadavg()[0]
@@ -116,6 +145,9 @@ def main() -> None:
         load_after = os.getloadavg()[0]
 
     medians = {name: statistics.median(values) for name, values in times.items()}
+    peak = {kind: PEAK_SIZE**3 / medians[f"peak {kind} matmul"] / 1e9 for kind in ("fp32", "bf16")}
+    rate = {name: count / medians[name] / 1e9 for name, count in macs.items()}
+    bf16_teacher = {v: dtype == "bf16" or (dtype == "auto" and fast_bf16("cpu")) for v, (dtype, _) in variants.items()}
     cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
     ratios = {variant: medians[f"HDKD step, {variant} teacher"] / medians["student step"] for variant in variants}
     cpu_ratios = {variant: cpu[f"HDKD step, {variant} teacher"] / cpu["student step"] for variant in variants}
@@ -124,15 +156,52 @@ def main() -> None:
         f"{cpu_name()}, native bf16: {fast_bf16('cpu')}, {args.repeats} repeats (median)"
     )
     print(f"1-min load average {load_before:.2f} before timing, {load_after:.2f} after ({os.cpu_count()} cores)")
-    print(f"{'case':<37}{'median s':>10}{'min s':>10}{'x student':>11}{'CPU s':>10}{'x student':>11}")
+    print(
+        f"peak ({PEAK_SIZE}^3 torch matmul, in the same rounds): fp32 {peak['fp32']:.0f} GMAC/s, "
+        f"bf16 {peak['bf16']:.0f} GMAC/s"
+    )
+    header = f"{'case':<37}{'median s':>10}{'min s':>10}{'x student':>11}{'CPU s':>10}{'x student':>11}"
+    print(header + f"{'GMAC':>8}{'GMAC/s':>8}{'peak':>7}")
     for name, values in times.items():
+        if name.startswith("peak"):
+            continue
         line = f"{name:<37}{medians[name]:>10.4f}{min(values):>10.4f}{medians[name] / medians['student step']:>11.2f}"
-        print(line + f"{cpu[name]:>10.4f}{cpu[name] / cpu['student step']:>11.2f}")
+        line += f"{cpu[name]:>10.4f}{cpu[name] / cpu['student step']:>11.2f}"
+        precision = "bf16" if any(bf16_teacher[v] for v in variants if name.endswith(f", {v}")) else "fp32"
+        print(line + f"{macs[name] / 1e9:>8.2f}{rate[name]:>8.1f}{rate[name] / peak[precision]:>7.0%}")
+    print(
+        "GMAC: PyTorch's FLOP counter (convolutions, matmuls), a training step as 3 forward passes; peak: the share "
+        "of the peak of the precision that runs the convolutions (student steps fp32, a teacher forward its own)"
+    )
+    print(f"teacher forward / student step in arithmetic: {teacher_macs / macs['student step']:.2f}")
     for label, by_variant in (("wall clock", ratios), ("CPU time", cpu_ratios)):
         print(f"HDKD / student, {label}: " + ", ".join(f"{r:.2f} ({v} teacher)" for v, r in by_variant.items()))
+    if args.goal is not None:
+        for variant in variants:
+            forward = f"teacher forward, {variant}"
+            rest = medians[f"HDKD step, {variant} teacher"] - medians["student step"] - medians[forward]
+            allowed = (args.goal - 1) * medians["student step"] - rest
+            if allowed <= 0:
+                print(f"HDKD / student <= {args.goal}: out of reach even with a free teacher ({variant})")
+                continue
+            needed = macs[forward] / allowed / 1e9 / rate["student step"]
+            print(
+                f"HDKD / student <= {args.goal} ({variant} teacher): the rest of the HDKD step costs "
+                f"{rest / medians['student step']:.2f} student steps, so the teacher forward may cost "
+                f"{allowed / medians['student step']:.2f}: {needed:.1f}x a student step's MAC rate "
+                f"({needed * rate['student step']:.0f} GMAC/s); it runs at {rate[forward] / rate['student step']:.1f}x"
+            )
+        # A floor no kernel work can beat: the teacher's arithmetic at the matmul peak of its precision.
+        precision = "bf16" if any(bf16_teacher.values()) else "fp32"
+        floor = teacher_macs / 1e9 / peak[precision] / medians["student step"]
+        print(
+            f"at the {precision} peak ({peak[precision]:.0f} GMAC/s) the teacher forward alone would cost {floor:.2f} "
+            f"student steps: HDKD / student >= {1 + floor:.2f} on this machine"
+        )
     if args.json:
         summary = {"preset": args.preset, "batch": args.batch, "image_size": size, "cpu": cpu_name()}
         summary |= {"threads": torch.get_num_threads(), "median_s": medians, "cpu_s": cpu}
+        summary |= {"macs": macs, "gmacs_per_s": rate, "peak_gmacs": peak}
         print(json.dumps({**summary, "ratio": ratios, "cpu_ratio": cpu_ratios, "load": [load_before, load_after]}))
 
 

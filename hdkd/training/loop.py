@@ -51,6 +51,7 @@ from hdkd.training.checkpoint import (
 )
 from hdkd.training.distributed import SINGLE, World, all_reduce_sum, sync_buffers
 from hdkd.training.losses import HDKDLoss, HintonKDLoss
+from hdkd.training.memory import keep_freed_memory
 from hdkd.training.metrics import classification_metrics
 from hdkd.training.optimizer import build_optimizer
 
@@ -132,6 +133,7 @@ class Trainer:
         world: World = SINGLE,
         identity: dict[str, Any] | None = None,
     ):
+        keep_freed_memory()  # large activations: no page faults on every step (hdkd.training.memory)
         self.distill_loss: HDKDLoss | HintonKDLoss | None = None
         if kind == "distilled":
             if teacher is None:
