@@ -3,8 +3,8 @@
 A process cannot return to glibc's default behaviour once it has changed it, so each allocator runs in a worker
 process of its own (`HDKD_KEEP_FREED_MEMORY=0` for the default), both holding the same networks and batch; the
 timed rounds alternate between them, so load from other processes hits both alike. For each a plain student
-step and an HDKD step (bf16 teacher where native): median seconds, minor page faults per step and the peak
-resident set. With --json the last line is one JSON object.
+step, an HDKD step (bf16 teacher where native) and the student's eval-mode forward pass on the batch: median
+seconds, minor page faults per call and the peak resident set. With --json the last line is one JSON object.
 
     python benchmarks/allocator.py --preset paper --batch 16
     python benchmarks/allocator.py --preset small --batch 16 --repeats 20
@@ -13,6 +13,8 @@ resident set. With --json the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import os
 import resource
@@ -23,15 +25,16 @@ import tempfile
 import time
 
 import torch
+from torch import nn
 
 from hdkd.config import DistillParams, TrainParams
 from hdkd.evaluation.timing import cpu_name
+from hdkd.memory import ENV
 from hdkd.models import PRESETS, build_model
-from hdkd.training.loop import Trainer
-from hdkd.training.memory import ENV
+from hdkd.training.loop import Trainer, channels_last
 
 ALLOCATORS = {"glibc default": "0", "kept (hdkd)": "1"}
-CASES = ("student step", "HDKD step")
+CASES = ("student step", "HDKD step", "student eval")
 
 
 def worker(preset: str, batch: int, classes: int) -> None:
@@ -65,11 +68,21 @@ def worker(preset: str, batch: int, classes: int) -> None:
         }
         for trainer in trainers.values():
             trainer.model.train()
+        # The eval-mode forward pass, as evaluation and `hdkd predict --backend torch` run it.
+        student = trainers["student step"].net
+        evaluated: nn.Module = copy.deepcopy(student).eval()
+        batch_in = channels_last(images)
+
+        def evaluate() -> None:
+            with torch.inference_mode():
+                evaluated(batch_in)
+
+        cases = {name: functools.partial(trainer.step, images, labels) for name, trainer in trainers.items()}
+        cases["student eval"] = evaluate
         print("ready", flush=True)
         for line in sys.stdin:
-            trainer = trainers[line.strip()]
             faults, began = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-            trainer.step(images, labels)
+            cases[line.strip()]()
             elapsed = time.perf_counter() - began
             usage = resource.getrusage(resource.RUSAGE_SELF)
             print(f"{elapsed} {usage.ru_minflt - faults} {usage.ru_maxrss * 1024}", flush=True)
@@ -127,7 +140,7 @@ def main() -> None:
         f"{args.repeats} rounds after {args.warmup} untimed (median)"
     )
     print(f"1-min load average {load_before:.2f} before timing, {load_after:.2f} after ({os.cpu_count()} cores)")
-    print(f"{'allocator':<15}{'case':<14}{'median s':>10}{'min s':>9}{'faults/step':>13}{'peak RSS GB':>13}")
+    print(f"{'allocator':<15}{'case':<14}{'median s':>10}{'min s':>9}{'faults/call':>13}{'peak RSS GB':>13}")
     for (name, case), values in seconds.items():
         line = f"{name:<15}{case:<14}{median[name, case]:>10.4f}{min(values):>9.4f}"
         print(line + f"{statistics.median(faults[name, case]):>13.0f}{rss[name] / 1e9:>13.2f}")

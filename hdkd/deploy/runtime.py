@@ -17,6 +17,7 @@ import torch
 
 from hdkd.deploy.artifacts import ARTIFACT_INDEX, INPUT_NAME, OUTPUT_NAME, ArtifactError, read_artifact_index
 from hdkd.deploy.tensorrt_engines import engine_mismatch, load_engine
+from hdkd.memory import keep_freed_memory
 
 
 def preprocess(images: np.ndarray, image_size: int) -> np.ndarray:
@@ -65,6 +66,7 @@ class TorchRunner(Runner):
     ):
         super().__init__(name, max_batch, device)
         self.fn, self.dtype = fn, dtype
+        keep_freed_memory()  # eager batches: no page faults on every call (hdkd.memory)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

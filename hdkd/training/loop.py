@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from hdkd.config import DistillParams, TrainParams
+from hdkd.memory import keep_freed_memory
 from hdkd.models.fuse import prepare_teacher
 from hdkd.training.callbacks import Callback, FitResult
 from hdkd.training.checkpoint import (
@@ -51,7 +52,6 @@ from hdkd.training.checkpoint import (
 )
 from hdkd.training.distributed import SINGLE, World, all_reduce_sum, sync_buffers
 from hdkd.training.losses import HDKDLoss, HintonKDLoss
-from hdkd.training.memory import keep_freed_memory
 from hdkd.training.metrics import classification_metrics
 from hdkd.training.optimizer import build_optimizer
 
@@ -92,6 +92,7 @@ def predict_proba(
     model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and true labels over a loader, in eval mode."""
+    keep_freed_memory()
     model.eval()
     probs, labels = [], []
     for images, targets in loader:
@@ -133,7 +134,7 @@ class Trainer:
         world: World = SINGLE,
         identity: dict[str, Any] | None = None,
     ):
-        keep_freed_memory()  # large activations: no page faults on every step (hdkd.training.memory)
+        keep_freed_memory()  # large activations: no page faults on every step (hdkd.memory)
         self.distill_loss: HDKDLoss | HintonKDLoss | None = None
         if kind == "distilled":
             if teacher is None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hdkd.training.memory import ENV
+from hdkd.memory import ENV
 from tests.helpers import REPO
 
 # Two 64 MiB blocks from malloc one after the other (above glibc's largest mmap threshold, 32 MiB), each
@@ -16,7 +16,7 @@ from tests.helpers import REPO
 SCRIPT = """
 import ctypes
 import resource
-from hdkd.training.memory import keep_freed_memory
+from hdkd.memory import keep_freed_memory
 
 kept = keep_freed_memory()
 libc = ctypes.CDLL(None)
