@@ -1,9 +1,10 @@
-"""A training process keeps the memory it frees: a large block allocated again costs no page faults."""
+"""A process that runs the networks keeps the memory it frees: a large block allocated again costs no page faults."""
 
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,14 @@ faults_of_a_large_block()
 print(kept, faults_of_a_large_block())
 """
 
-PAGES = 64 * 2**20 // 4096  # one fault per 4 KiB page of a block glibc maps afresh
+
+def page_size() -> int:
+    """The page a fresh anonymous mapping faults in: 2 MiB where transparent huge pages are always on."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return 2**21 if thp.is_file() and "[always]" in thp.read_text() else 4096
+
+
+PAGES = 64 * 2**20 // page_size()  # one fault per page of a block glibc maps afresh
 
 
 def run(setting: str) -> tuple[str, int]:
@@ -48,7 +56,7 @@ def run(setting: str) -> tuple[str, int]:
 def test_a_kept_heap_serves_a_large_block_again_without_page_faults():
     kept, faults = run("1")
     assert kept == "True"
-    assert faults < PAGES // 20
+    assert faults <= PAGES // 20
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
