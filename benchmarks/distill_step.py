@@ -132,6 +132,12 @@ def main() -> None:
         hdkd_step = 3 * count_macs(next(iter(hdkd.values())).net, size) * args.batch + teacher_macs
         macs |= {name: hdkd_step for name in cases if name.startswith("HDKD step")}
         macs |= {name: teacher_macs for name in cases if name.startswith("teacher forward")}
+        # The precision whose peak a case is held to: the prepared teacher's own for its forward, fp32 otherwise.
+        precision = {name: "fp32" for name in cases}
+        for variant, trainer in hdkd.items():
+            assert trainer.teacher is not None
+            teacher_dtype = next(trainer.teacher.parameters()).dtype
+            precision[f"teacher forward, {variant}"] = "bf16" if teacher_dtype == torch.bfloat16 else "fp32"
         cases |= {"peak fp32 matmul": _matmul_peak(torch.float32), "peak bf16 matmul": _matmul_peak(torch.bfloat16)}
         times: dict[str, list[float]] = {name: [] for name in cases}
         cpu_times: dict[str, list[float]] = {name: [] for name in cases}
@@ -147,7 +153,6 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
     peak = {kind: PEAK_SIZE**3 / medians[f"peak {kind} matmul"] / 1e9 for kind in ("fp32", "bf16")}
     rate = {name: count / medians[name] / 1e9 for name, count in macs.items()}
-    bf16_teacher = {v: dtype == "bf16" or (dtype == "auto" and fast_bf16("cpu")) for v, (dtype, _) in variants.items()}
     cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
     ratios = {variant: medians[f"HDKD step, {variant} teacher"] / medians["student step"] for variant in variants}
     cpu_ratios = {variant: cpu[f"HDKD step, {variant} teacher"] / cpu["student step"] for variant in variants}
@@ -167,8 +172,7 @@ def main() -> None:
             continue
         line = f"{name:<37}{medians[name]:>10.4f}{min(values):>10.4f}{medians[name] / medians['student step']:>11.2f}"
         line += f"{cpu[name]:>10.4f}{cpu[name] / cpu['student step']:>11.2f}"
-        precision = "bf16" if any(bf16_teacher[v] for v in variants if name.endswith(f", {v}")) else "fp32"
-        print(line + f"{macs[name] / 1e9:>8.2f}{rate[name]:>8.1f}{rate[name] / peak[precision]:>7.0%}")
+        print(line + f"{macs[name] / 1e9:>8.2f}{rate[name]:>8.1f}{rate[name] / peak[precision[name]]:>7.0%}")
     print(
         "GMAC: PyTorch's FLOP counter (convolutions, matmuls), a training step as 3 forward passes; peak: the share "
         "of the peak of the precision that runs the convolutions (student steps fp32, a teacher forward its own)"
@@ -179,6 +183,13 @@ def main() -> None:
     if args.goal is not None:
         for variant in variants:
             forward = f"teacher forward, {variant}"
+            # A floor no kernel work can beat: the teacher's arithmetic at the matmul peak of its precision.
+            kind = precision[forward]
+            floor = teacher_macs / 1e9 / peak[kind] / medians["student step"]
+            print(
+                f"{variant} teacher: at the {kind} peak ({peak[kind]:.0f} GMAC/s) its forward alone would cost "
+                f"{floor:.2f} student steps, so HDKD / student >= {1 + floor:.2f} on this machine"
+            )
             rest = medians[f"HDKD step, {variant} teacher"] - medians["student step"] - medians[forward]
             allowed = (args.goal - 1) * medians["student step"] - rest
             if allowed <= 0:
@@ -191,13 +202,6 @@ def main() -> None:
                 f"{allowed / medians['student step']:.2f}: {needed:.1f}x a student step's MAC rate "
                 f"({needed * rate['student step']:.0f} GMAC/s); it runs at {rate[forward] / rate['student step']:.1f}x"
             )
-        # A floor no kernel work can beat: the teacher's arithmetic at the matmul peak of its precision.
-        precision = "bf16" if any(bf16_teacher.values()) else "fp32"
-        floor = teacher_macs / 1e9 / peak[precision] / medians["student step"]
-        print(
-            f"at the {precision} peak ({peak[precision]:.0f} GMAC/s) the teacher forward alone would cost {floor:.2f} "
-            f"student steps: HDKD / student >= {1 + floor:.2f} on this machine"
-        )
     if args.json:
         summary = {"preset": args.preset, "batch": args.batch, "image_size": size, "cpu": cpu_name()}
         summary |= {"threads": torch.get_num_threads(), "median_s": medians, "cpu_s": cpu}
