@@ -8,9 +8,9 @@ and faulted in every page: 1.5 million minor page faults per step, 6 GB of fresh
 heap's top kept, freed blocks are reused: no page faults after the first steps.
 
 Side by side (benchmarks/allocator.py, paper preset, batch 16, 2 threads, 2-core AMD EPYC with AVX-512, 1-min
-load 1.1-2.0, two runs): a student step 1.79-1.80x faster, an HDKD step 1.51-1.57x, the student's eval-mode
-forward pass 1.22x. The small and tiny presets have no such blocks and run as before. The price is a higher
-peak resident set, freed memory staying with the process: 5.5-5.8 against 4.4-4.6 GB there.
+load 1.1-2.0, three runs): a student step 1.77-1.80x faster, an HDKD step 1.51-1.60x, the student's eval-mode
+forward pass 1.12-1.22x. The small and tiny presets have no such blocks and run as before. The price is a higher
+peak resident set, freed memory staying with the process: 5.4-5.8 against 4.4-4.6 GB there.
 `HDKD_KEEP_FREED_MEMORY=0` keeps glibc's default.
 """
 
